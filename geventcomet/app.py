@@ -1,0 +1,282 @@
+"""The WSGI application: routes, CORS, auth, and the register / notify / stats handlers.
+
+``make_app(config)`` builds the backend and the hub and returns a :class:`CometApp`,
+a plain WSGI callable that also runs under gunicorn's gevent worker. Client
+mistakes become :class:`~geventcomet.errors.CometError` and a JSON ``{"error": ..}``
+with their status; anything else is logged with its traceback and answered with a
+generic 500, never the traceback.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import resource
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from html import escape
+from importlib import resources
+from string import Template
+from typing import Callable, Iterable
+from urllib.parse import parse_qs, urlencode
+
+import gevent
+from gevent.event import Event
+
+from . import protocol
+from .backends import Backend, open_backend
+from .config import FD_RESERVE, Config
+from .errors import (BackendError, ClientGone, CometError, Forbidden, MethodNotAllowed,
+                     NotFound, Unauthorized, Unavailable)
+from .hub import Hub
+from .longpoll import hold
+
+log = logging.getLogger(__name__)
+
+Reply = tuple[int, bytes, str, tuple[tuple[str, str], ...]]  # status, body, type, headers
+JSON = "application/json"
+STATUS_TEXT = {200: "200 OK", 204: "204 No Content", 303: "303 See Other", 500: "500 Internal Server Error"}
+_CORS_ALLOW_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since start, for ``GET /stats``."""
+
+    published: int = 0
+    delivered: int = 0  # events written to clients
+    polls: int = 0  # register replies sent
+    timeouts: int = 0
+    disconnects: int = 0
+
+
+def fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class CometApp:
+    """The geventcomet WSGI application. Build it with :func:`make_app`."""
+
+    def __init__(self, config: Config, backend: Backend, hub: Hub) -> None:
+        self.config = config
+        self.backend = backend
+        self.hub = hub
+        self.stats = Stats()
+        self.started = time.monotonic()
+        self.max_waiting = config.max_waiting or max(fd_limit() - FD_RESERVE, 1)
+        self._origins = config.cors_origin_set
+        self._token = config.notify_token.encode()
+        self._stopping = Event()
+        self.routes: dict[str, dict[str, Callable[[dict], Reply | Iterable[bytes]]]] = {
+            "/": {"GET": self.index},
+            "/register": {"GET": self.register},
+            "/notify": {"GET": self.notify_page, "POST": self.notify},
+            "/stats": {"GET": self.stats_json},
+        }
+        backend.start(hub.wake)
+        self._housekeeper = gevent.spawn(self._expire_registrations)
+
+    def close(self) -> None:
+        """Stop housekeeping and release the backend."""
+        self._stopping.set()
+        self._housekeeper.join(timeout=1)
+        self.backend.close()
+
+    # -- WSGI entry --------------------------------------------------------
+
+    def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
+        cors: tuple[tuple[str, str], ...] = ()
+        try:
+            cors = self._cors_headers(environ)
+            methods = self.routes.get(environ.get("PATH_INFO", ""))
+            if methods is None:
+                raise NotFound(f"no such path: {environ.get('PATH_INFO', '')[:100]}")
+            method = environ["REQUEST_METHOD"]
+            if method == "OPTIONS":
+                reply: Reply | Iterable[bytes] = self._preflight(methods, cors)
+            elif method in methods or (method == "HEAD" and "GET" in methods):
+                reply = methods["GET" if method == "HEAD" else method](environ)
+            else:
+                allow = ", ".join(sorted(methods))
+                raise MethodNotAllowed(f"{method} is not allowed here; use {allow}", headers=(("Allow", allow),))
+        except CometError as exc:
+            reply = (exc.status, json_bytes({"error": exc.message}), JSON, exc.headers)
+        except ClientGone:
+            self.stats.disconnects += 1
+            raise  # the handler closes the connection without writing
+        except Exception:
+            log.exception("error handling %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            reply = (500, b'{"error": "internal server error"}', JSON, ())
+        if not isinstance(reply, tuple):  # a streaming response sets its own headers
+            return reply
+        status, body, content_type, headers = reply
+        start_response(STATUS_TEXT.get(status) or f"{status} {_reason(status)}",
+                       [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                        ("Cache-Control", "no-store"), *headers, *cors])
+        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+
+    def _cors_headers(self, environ: dict) -> tuple[tuple[str, str], ...]:
+        origin = environ.get("HTTP_ORIGIN")
+        if not origin or origin.split("://", 1)[-1] == environ.get("HTTP_HOST"):
+            return ()  # not a cross-origin request
+        if origin in self._origins or "*" in self._origins:
+            return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
+        raise Forbidden(f"origin {origin[:100]} is not allowed (see --cors-origins)")
+
+    def _preflight(self, methods: dict, cors: tuple) -> Reply:
+        allow = ", ".join(sorted({*methods, "OPTIONS"}))
+        return (204, b"", JSON, (("Allow", allow), *((("Access-Control-Allow-Methods", allow),
+                ("Access-Control-Allow-Headers", _CORS_ALLOW_HEADERS),
+                ("Access-Control-Max-Age", "600")) if cors else ())))
+
+    # -- handlers ----------------------------------------------------------
+
+    def register(self, environ: dict) -> Reply:
+        config = self.config
+        if self.hub.waiting >= self.max_waiting:
+            raise Unavailable(f"server is at capacity ({self.max_waiting} waiting requests); retry later")
+        req = protocol.parse_register(environ.get("QUERY_STRING", ""), default_timeout_s=config.timeout_s,
+                                      max_timeout_s=config.max_timeout_s, max_channels=config.max_channels)
+        client = req.client or secrets.token_urlsafe(12)
+        channels = (*req.channels, protocol.private_channel(client))
+        self._call_backend(self.backend.register, client)
+        positions = {channel: req.cursor.positions.get(channel) for channel in channels}
+        sock = environ.get("geventcomet.socket") or environ.get("gunicorn.socket")
+        result = hold(self.hub, self.backend, channels, positions, req.cursor.epoch, req.timeout_s, sock)
+        cursor = protocol.encode_cursor(result.epoch, result.positions)
+        if result.shutting_down:
+            body = json_bytes({"error": "server is shutting down; poll again with this cursor",
+                               "reconnect": True, "cursor": cursor, "client": client})
+            return (503, body, JSON, (("Retry-After", "1"), ("Connection", "close")))
+        stats = self.stats
+        stats.polls += 1
+        stats.delivered += len(result.events)
+        stats.timeouts += result.timeout
+        return (200, protocol.encode_poll_reply(result.events, cursor, timeout=result.timeout,
+                                                recovered=result.recovered, client=client,
+                                                epoch=result.epoch), JSON, ())
+
+    def notify(self, environ: dict) -> Reply:
+        abandon = environ.get("geventcomet.abandon_body", lambda: None)
+        try:
+            length = protocol.check_body_length(
+                environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked",
+                self.config.max_body_bytes)
+        except CometError:
+            abandon()
+            raise
+        header_token = _bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+        if self._token and header_token is not None and not self._token_ok(header_token):
+            abandon()
+            raise Unauthorized("invalid notify token")
+        req = protocol.parse_notify(environ.get("CONTENT_TYPE", ""), environ["wsgi.input"].read(length))
+        if self._token and header_token is None and not self._token_ok(req.token):
+            raise Unauthorized("this server needs a notify token: send Authorization: Bearer TOKEN")
+        if req.client is not None:
+            if not self._call_backend(self.backend.is_registered, req.client):
+                raise NotFound(f"no registered client {req.client!r} (never registered, or expired)")
+            channel = protocol.private_channel(req.client)
+        else:
+            channel = req.channel
+        key = environ.get("HTTP_IDEMPOTENCY_KEY") or None
+        if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        woken = self.hub.waiter_count(channel)
+        seq = self._call_backend(self.backend.publish, channel, req.data_json, key)
+        self.stats.published += 1
+        log.debug("published %s#%d to %d waiters", channel, seq, woken)
+        if "text/html" in environ.get("HTTP_ACCEPT", ""):  # the Notify page's form
+            query = urlencode({"sent": channel, "id": seq, "woken": woken})
+            return (303, b"", "text/plain", (("Location", f"/notify?{query}"),))
+        return (200, json_bytes({"channel": channel, "id": seq, "woken": woken}), JSON, ())
+
+    def notify_page(self, environ: dict) -> Reply:
+        waiting = self.hub.channel_waiters()
+        names = sorted(set(self.backend.channel_names(200)) | {c for c in waiting if c[0] != "@"})
+        rows = "".join(f"<tr><td>{escape(c)}</td><td>{waiting.get(c, 0)}</td></tr>" for c in names)
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        sent = ""
+        if "sent" in query:
+            sent = (f'<p class="sent">Sent event #{escape(query.get("id", ["?"])[0])} to '
+                    f'{escape(query["sent"][0])}, waking {escape(query.get("woken", ["0"])[0])}.</p>')
+        page = _template("notify.html").substitute(
+            rows=rows or '<tr><td colspan="2">no channels yet</td></tr>', sent=sent,
+            waiting=self.hub.waiting, token_field=(
+                '<label>Token <input name="token" type="password"></label>' if self._token else ""))
+        return (200, page.encode(), "text/html; charset=utf-8", ())
+
+    def stats_json(self, environ: dict) -> Reply:
+        return (200, json_bytes(self.snapshot()), JSON, ())
+
+    def index(self, environ: dict) -> Reply:
+        return (200, json_bytes({"name": "geventcomet", "endpoints": sorted(self.routes)}), JSON, ())
+
+    def snapshot(self) -> dict:
+        """The numbers ``/stats`` serves."""
+        counts = self._call_backend(self.backend.counts)
+        return {"waiting": self.hub.waiting, **counts, **asdict(self.stats),
+                "uptime_s": round(time.monotonic() - self.started, 3), "rss_bytes": rss_bytes(),
+                "max_waiting": self.max_waiting, "epoch": self.backend.epoch}
+
+    # -- helpers -----------------------------------------------------------
+
+    def _token_ok(self, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(token.encode(), self._token)
+
+    def _call_backend(self, method, *args):
+        try:
+            return method(*args)
+        except BackendError as exc:
+            raise Unavailable(f"backend unavailable: {exc}") from None
+
+    def _expire_registrations(self) -> None:
+        period = min(self.config.client_ttl_s / 4, 30.0)
+        while not self._stopping.wait(period):
+            try:
+                gone = self.backend.expire_idle()
+            except BackendError as exc:
+                log.warning("could not expire registrations: %s", exc)
+                continue
+            if gone:
+                log.debug("expired %d idle client registrations", len(gone))
+
+
+def _bearer_token(header: str) -> str | None:
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _template(name: str) -> Template:
+    return Template(resources.files("geventcomet").joinpath("static", name).read_text("utf-8"))
+
+
+def json_bytes(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def make_app(config: Config | None = None, backend: Backend | None = None) -> CometApp:
+    """Build the WSGI app for ``config`` (defaults from the environment).
+
+    ``backend`` overrides the one ``config.backend`` names (tests use this).
+    """
+    config = config or Config.from_env()
+    return CometApp(config, backend or open_backend(config), Hub())

@@ -1,0 +1,61 @@
+"""The ``geventcomet`` command: ``geventcomet serve [--flags]``.
+
+This is the only module that monkey-patches (first, before anything imports
+sockets) and the only one that configures logging.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from .config import ENV_PREFIX, Config, parse_value  # noqa: E402
+
+log = logging.getLogger("geventcomet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geventcomet", description="A Comet server on gevent.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server",
+                                description=f"Every flag can also be set as {ENV_PREFIX}<NAME> "
+                                            "(e.g. GEVENTCOMET_NOTIFY_TOKEN).")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.removesuffix("_s").replace("_", "-") if f.name != "timeout_s" else "--timeout"
+        env = ENV_PREFIX + f.name.upper()
+        if f.type in (bool, "bool"):
+            serve.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{f.metadata['help']} [{env}]")
+        else:
+            serve.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
+                               type=lambda raw, f=f: parse_value(f, raw),
+                               help=f"{f.metadata['help']} (default {f.default!r}) [{env}]")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        config = Config.from_env(**args)
+    except (TypeError, ValueError) as exc:
+        print(f"geventcomet: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    log.info("configuration: %s", config.describe())
+    if command == "serve":
+        from .server import serve
+        try:
+            return serve(config)
+        except (OSError, ValueError) as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

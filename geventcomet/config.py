@@ -1,0 +1,92 @@
+"""Server configuration: one frozen dataclass, every field with its default, flag and env var.
+
+Each field's metadata names its command-line flag help; the env var is
+``GEVENTCOMET_`` + the field name upper-cased (``GEVENTCOMET_NOTIFY_TOKEN``).
+Precedence: command-line flag, then environment, then the default here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ENV_PREFIX = "GEVENTCOMET_"
+#: File descriptors kept back from the hold limit for the listener, keep-alive
+#: connections between polls, logs and backend connections.
+FD_RESERVE = 300
+
+
+def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server can be told. Durations are float seconds."""
+
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(8080, "port to listen on (0 picks a free one)")
+    backend: str = _opt("memory", "where events live: memory, sqlite:///path or redis://host:port/db")
+    workers: int = _opt(1, "processes sharing the port (needs a shared backend)")
+    timeout_s: float = _opt(25.0, "default hold time of a long-poll before the timeout reply")
+    max_timeout_s: float = _opt(120.0, "largest timeout a client may ask for")
+    backlog: int = _opt(1000, "events kept per channel for clients between polls")
+    backlog_age_s: float = _opt(3600.0, "age after which a kept event is dropped")
+    max_channels: int = _opt(16, "most channels one poll may name")
+    max_body_bytes: int = _opt(64 * 1024, "largest notify body (413 beyond)")
+    max_header_bytes: int = _opt(16 * 1024, "largest request head (431 beyond)")
+    header_timeout_s: float = _opt(10.0, "time for a request's line and headers to arrive (408 after)")
+    keepalive_timeout_s: float = _opt(75.0, "idle time before an unused keep-alive connection is closed")
+    max_waiting: int = _opt(0, "most requests held at once (503 beyond); 0 = open-file limit - 300")
+    client_ttl_s: float = _opt(300.0, "idle time after which a client registration expires")
+    idempotency_ttl_s: float = _opt(300.0, "how long an Idempotency-Key is remembered")
+    notify_token: str = _opt("", "bearer token /notify requires (empty: open)", secret=True)
+    cors_origins: str = _opt("", "comma-separated origins allowed cross-origin, or *")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    access_log: bool = _opt(False, "log every request at INFO (noisy with many clients)")
+
+    def __post_init__(self) -> None:
+        if self.client_ttl_s <= self.max_timeout_s:
+            raise ValueError("client_ttl_s must be longer than max_timeout_s, or a waiting "
+                             "client's registration could expire under it")
+        if not 0 <= self.timeout_s <= self.max_timeout_s:
+            raise ValueError("timeout_s must be between 0 and max_timeout_s")
+        for name in ("backlog", "max_channels", "max_body_bytes", "max_header_bytes", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        return frozenset(o.strip() for o in self.cors_origins.split(",") if o.strip())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Config":
+        """Build a Config from ``GEVENTCOMET_*`` variables, then ``overrides``."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = parse_value(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def describe(self) -> str:
+        """The effective configuration as one line, secrets masked, for the start-up log."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            parts.append(f"{f.name}={value}")
+        return " ".join(parts)
+
+
+def parse_value(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool}.get(f.type, str)
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None

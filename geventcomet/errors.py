@@ -1,0 +1,67 @@
+"""Errors a client can cause, each carrying its HTTP status.
+
+The app renders any :class:`CometError` as ``{"error": message}`` with its status;
+anything else is a bug, logged with its traceback and answered with a generic 500.
+"""
+from __future__ import annotations
+
+
+class CometError(Exception):
+    """Base class: a request the server refuses, with the status that says why."""
+
+    status = 400
+    reason = "Bad Request"
+
+    def __init__(self, message: str, *, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class BadRequest(CometError):
+    pass
+
+
+class Unauthorized(CometError):
+    status, reason = 401, "Unauthorized"
+
+
+class Forbidden(CometError):
+    status, reason = 403, "Forbidden"
+
+
+class NotFound(CometError):
+    status, reason = 404, "Not Found"
+
+
+class MethodNotAllowed(CometError):
+    status, reason = 405, "Method Not Allowed"
+
+
+class LengthRequired(CometError):
+    status, reason = 411, "Length Required"
+
+
+class PayloadTooLarge(CometError):
+    status, reason = 413, "Payload Too Large"
+
+
+class UnsupportedMediaType(CometError):
+    status, reason = 415, "Unsupported Media Type"
+
+
+class Unavailable(CometError):
+    """503: over capacity, shutting down, or the backend did not acknowledge a write."""
+
+    status, reason = 503, "Service Unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers=(("Retry-After", str(retry_after_s)),))
+
+
+class BackendError(Exception):
+    """A backend could not do what was asked (unreachable, not acknowledged)."""
+
+
+class ClientGone(Exception):
+    """The client hung up while its request was held; nothing is written back."""

@@ -1,0 +1,193 @@
+"""gevent.pywsgi's request handler, with the limits and speed a Comet server needs.
+
+What plain pywsgi lacks (measured in PITFALLS §2): it has no timeouts at all (a
+slowloris holds a greenlet forever), buffers ~6 MB of headers, does not put the
+socket in the environ (so a hung-up client cannot be noticed), and writes headers
+and body in two sends (with Nagle, ~40 ms per keep-alive reply). This handler adds:
+
+- one deadline from the first byte of a request to the end of its headers (408),
+  and a silent close of keep-alive connections idle longer than their timeout;
+- a total head size limit checked while reading (431), parsed without
+  ``email.feedparser``, the largest single cost of pywsgi per request;
+- ``TCP_NODELAY`` and one ``sendall`` for head and body;
+- a small read buffer per connection (a parked client holds it for its whole wait);
+- ``environ['geventcomet.socket']`` for disconnect detection, and
+  ``environ['geventcomet.abandon_body']`` so a refused body is never read.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+
+import gevent
+from gevent.pywsgi import WSGIHandler
+
+from .errors import ClientGone
+
+log = logging.getLogger(__name__)
+
+#: Read buffer per connection. A request head is a few hundred bytes; pywsgi's
+#: default of 8 KiB would be held by every parked client for its whole wait.
+RFILE_BUFFER_BYTES = 1024
+#: At most this many header lines (pywsgi/http.client allow 100).
+MAX_HEADER_LINES = 100
+
+
+def _error_bytes(status: str, message: str) -> bytes:
+    body = ('{"error": "%s"}' % message).encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+RESPONSE_408 = _error_bytes("408 Request Timeout", "request headers did not arrive in time")
+RESPONSE_431 = _error_bytes("431 Request Header Fields Too Large", "request headers are too large")
+RESPONSE_400 = _error_bytes("400 Bad Request", "malformed HTTP request")
+
+
+class HeaderTimeout(Exception):
+    """The request head did not arrive within ``header_timeout_s``."""
+
+
+class _IdleTimeout(Exception):
+    """A keep-alive connection sent nothing for ``keepalive_timeout_s``."""
+
+
+class HeadersTooLarge(ValueError):
+    pass
+
+
+class Headers:
+    """Just the part of pywsgi's header-object interface that pywsgi uses."""
+
+    __slots__ = ("_lines", "_map", "status")
+
+    def __init__(self, rfile, max_bytes: int) -> None:
+        self._lines: list[str] = []
+        self._map: dict[str, str] = {}
+        self.status = ""
+        total = 0
+        while True:
+            line = rfile.readline(max_bytes - total + 1)
+            total += len(line)
+            if total > max_bytes or len(self._lines) > MAX_HEADER_LINES:
+                raise HeadersTooLarge()
+            if line in (b"\r\n", b"\n"):
+                return
+            if not line.endswith(b"\n"):
+                raise ValueError("request head ended early")
+            text = line.decode("latin-1").rstrip("\r\n")
+            if text[:1] in (" ", "\t"):
+                raise ValueError("obsolete header line folding")
+            name, sep, value = text.partition(":")
+            if not sep or not name or name != name.strip():
+                raise ValueError("malformed header line")
+            key, value = name.lower(), value.strip()
+            if key == "content-length" and self._map.get(key, value) != value:
+                raise ValueError("conflicting Content-Length headers")
+            self._map.setdefault(key, value)
+            self._lines.append(f"{name}: {value}\r\n")
+
+    def get(self, name: str, default=None):
+        return self._map.get(name.lower(), default)
+
+    getheader = get
+
+    def __delitem__(self, name: str) -> None:
+        key = name.lower()
+        self._map.pop(key, None)
+        self._lines = [line for line in self._lines if line.split(":", 1)[0].lower() != key]
+
+    @property
+    def headers(self) -> list[str]:
+        return self._lines
+
+    @property
+    def typeheader(self):
+        return self._map.get("content-type")
+
+
+class CometHandler(WSGIHandler):
+    """pywsgi handler with deadlines, head limits, disconnect hooks and single-write replies."""
+
+    def __init__(self, sock, address, server, rfile=None) -> None:  # noqa: ARG002 (pywsgi's signature)
+        self.socket = sock
+        self.client_address = address
+        self.server = server
+        self.rfile = sock.makefile("rb", RFILE_BUFFER_BYTES)
+        self._requests_served = 0
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def read_requestline(self):
+        limits = self.server.limits
+        if self._requests_served:  # between keep-alive requests: wait quietly
+            try:
+                with gevent.Timeout(limits.keepalive_timeout_s, _IdleTimeout):
+                    if not self.rfile.peek(1):
+                        return ""
+            except _IdleTimeout:
+                return ""
+        self._requests_served += 1
+        self._deadline = gevent.Timeout.start_new(limits.header_timeout_s, HeaderTimeout)
+        return super().read_requestline()
+
+    def read_request(self, raw_requestline):
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self._deadline.cancel()
+
+    def MessageClass(self, rfile, *_args):  # noqa: N802 (pywsgi's name)
+        return Headers(rfile, self.server.limits.max_header_bytes)
+
+    def handle_one_request(self):
+        try:
+            return super().handle_one_request()
+        except HeaderTimeout:  # raised while reading the request line
+            return ("408", RESPONSE_408)
+        finally:
+            deadline = getattr(self, "_deadline", None)
+            if deadline is not None:
+                deadline.cancel()
+
+    def _handle_client_error(self, ex):
+        if isinstance(ex, HeaderTimeout):
+            return ("408", RESPONSE_408)
+        if isinstance(ex, HeadersTooLarge):
+            return ("431", RESPONSE_431)
+        log.debug("bad request from %s: %s", self.client_address, ex)
+        return ("400", RESPONSE_400)
+
+    def get_environ(self):
+        env = super().get_environ()
+        env["geventcomet.socket"] = self.socket
+        env["geventcomet.abandon_body"] = self.abandon_body
+        return env
+
+    def abandon_body(self) -> None:
+        """Do not read (or discard) the request body; close the connection after the reply."""
+        self.close_connection = True
+        self.wsgi_input.position = self.wsgi_input.content_length or 0
+        self.wsgi_input.chunked_input = False
+
+    def handle_error(self, t, v, tb):
+        if isinstance(v, ClientGone):  # the client left while held: nothing to write
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
+    def _write_with_headers(self, data):
+        # One sendall for head and body: two small writes on a keep-alive
+        # connection meet Nagle and delayed ACK (PITFALLS §6).
+        self.headers_sent = True
+        self.finalize_headers()
+        head = [b"HTTP/1.1 ", self.status, b"\r\n"]
+        for header, value in self.response_headers:
+            head += (header, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        if self.response_use_chunked:
+            self._sendall(b"".join(head))
+            self._write(data)
+        else:
+            head.append(data)
+            self._sendall(b"".join(head))

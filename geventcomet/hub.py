@@ -1,0 +1,103 @@
+"""Where waiting requests park, and how a publish wakes them.
+
+How this works
+--------------
+Each held request owns one :class:`gevent.hub.Waiter` and parks it in the set of
+every channel it listens on (and in ``_all``, for shutdown). ``wake(channel)``
+*takes the channel's whole set away* and, from the gevent hub, switches to each
+waiter once. Nothing ever scans the waiters, and nothing calls ``Event.clear()``.
+
+A wake-up is only a hint that something changed: the woken request reads the
+backend again, and parks again before that read. A waiter parks *before* it reads
+the backlog, so a publish landing while the read yields (Redis, SQLite) still
+finds it in the set; the Waiter stores the value and ``get()`` returns at once
+(the lost-wakeup race, PITFALLS B8).
+
+Sets, not gevent ``Event`` links: ``Event.unlink`` is a list removal, O(n) per
+departing waiter, which turns a fan-out to 15,000 waiters quadratic.
+"""
+from __future__ import annotations
+
+import enum
+
+import gevent
+from gevent.event import Event
+from gevent.hub import Waiter
+
+
+class Reason(enum.Enum):
+    """Why a parked request was switched to."""
+
+    WAKE = "wake"  # a channel it listens on was published to
+    TIMEOUT = "timeout"  # its hold time passed
+    READABLE = "readable"  # its socket became readable: the client hung up, or pipelined
+    SHUTDOWN = "shutdown"  # the server is stopping
+
+
+class Hub:
+    """The registry of parked requests. One per server process."""
+
+    def __init__(self) -> None:
+        self._loop = gevent.get_hub().loop
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._all: set[Waiter] = set()
+        #: Set once :meth:`shutdown` has been called; new polls answer "reconnect" at once.
+        self.closing = False
+        #: Set whenever nothing is parked, so shutdown can wait for the last reply.
+        self.idle = Event()
+        self.idle.set()
+
+    @property
+    def waiting(self) -> int:
+        """Requests parked now."""
+        return len(self._all)
+
+    def waiter_count(self, channel: str) -> int:
+        return len(self._waiters.get(channel, ()))
+
+    def channel_waiters(self) -> dict[str, int]:
+        """Parked requests per channel, for the Notify page."""
+        return {channel: len(waiters) for channel, waiters in self._waiters.items()}
+
+    def park(self, waiter: Waiter, channels: tuple[str, ...]) -> None:
+        """Put ``waiter`` where a publish to any of ``channels`` (or shutdown) will find it."""
+        sets = self._waiters
+        for channel in channels:
+            waiters = sets.get(channel)
+            if waiters is None:
+                waiters = sets[channel] = set()
+            waiters.add(waiter)
+        self._all.add(waiter)
+        self.idle.clear()
+
+    def unpark(self, waiter: Waiter, channels: tuple[str, ...]) -> None:
+        sets = self._waiters
+        for channel in channels:
+            waiters = sets.get(channel)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del sets[channel]
+        self._all.discard(waiter)
+        if not self._all:
+            self.idle.set()
+
+    def wake(self, channel: str) -> int:
+        """Wake every request parked on ``channel``; return how many there were."""
+        waiters = self._waiters.pop(channel, None)
+        if not waiters:
+            return 0
+        self._loop.run_callback(_switch_all, waiters, Reason.WAKE)
+        return len(waiters)
+
+    def shutdown(self) -> None:
+        """Wake every parked request with :attr:`Reason.SHUTDOWN`; later polls see ``closing``."""
+        self.closing = True
+        self._loop.run_callback(_switch_all, set(self._all), Reason.SHUTDOWN)
+
+
+def _switch_all(waiters: set[Waiter], reason: Reason) -> None:
+    # Runs in the gevent hub, as Waiter.switch requires. A waiter that already left
+    # (timed out in the same loop turn) just stores the value and is never read.
+    for waiter in waiters:
+        waiter.switch(reason)

@@ -1,0 +1,105 @@
+"""Hold one request until its channels have news, its time runs out, or its client leaves.
+
+The request's greenlet blocks on a single :class:`~gevent.hub.Waiter` that three
+things may switch to: the :class:`~geventcomet.hub.Hub` on a publish, a loop timer
+at the timeout, and an I/O watcher on the client's socket. Each request owns its
+timer and watcher, so nothing scans waiters to expire them, and a client that hangs
+up is noticed as soon as its FIN or RST arrives (pywsgi alone would hold it until
+the timeout).
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import gevent
+from gevent.hub import Waiter
+
+from .backends import Backend
+from .errors import ClientGone
+from .hub import Hub, Reason
+
+
+@dataclass(slots=True)
+class PollResult:
+    """What to answer: events in channel order, the positions after them, and flags."""
+
+    events: list[bytes]
+    positions: dict[str, int]
+    epoch: str
+    recovered: bool
+    timeout: bool = False
+    shutting_down: bool = False
+
+
+def read_all(backend: Backend, channels: tuple[str, ...], positions: dict[str, int | None],
+             epoch: str | None) -> PollResult:
+    """Read every channel after its position; positions become the channels' last seqs."""
+    events: list[bytes] = []
+    after: dict[str, int] = {}
+    recovered, current_epoch = True, epoch
+    for channel in channels:
+        read = backend.read(channel, positions.get(channel), epoch)
+        events.extend(read.events)
+        after[channel] = read.last_seq
+        recovered = recovered and read.recovered
+        current_epoch = read.epoch
+    return PollResult(events, after, current_epoch or "", recovered)
+
+
+def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: dict[str, int | None],
+         epoch: str | None, timeout_s: float, sock: socket.socket | None) -> PollResult:
+    """Answer at once if there is news (or a gap to report), else wait for it.
+
+    Raises :class:`ClientGone` if the client hangs up while waiting.
+    """
+    waiter = Waiter()
+    hub.park(waiter, channels)  # before the first read: see the hub's docstring
+    loop = gevent.get_hub().loop
+    timer = watcher = None
+    try:
+        while True:
+            result = read_all(backend, channels, positions, epoch)
+            if result.events or not result.recovered:
+                return result
+            if hub.closing:
+                result.shutting_down = True
+                return result
+            positions, epoch = dict(result.positions), result.epoch
+            if timer is None:
+                if timeout_s <= 0:
+                    result.timeout = True
+                    return result
+                timer = loop.timer(timeout_s)
+                timer.start(waiter.switch, Reason.TIMEOUT)
+                if sock is not None:
+                    watcher = loop.io(sock.fileno(), 1)
+                    watcher.start(waiter.switch, Reason.READABLE)
+            reason = waiter.get()
+            waiter.clear()
+            if reason is Reason.TIMEOUT:
+                result = read_all(backend, channels, positions, epoch)
+                result.timeout = not result.events and result.recovered
+                return result
+            if reason is Reason.READABLE:
+                if client_gone(sock):
+                    raise ClientGone()
+                watcher.stop()  # pipelined bytes, not a hang-up: stop watching, or it spins
+            hub.park(waiter, channels)  # a wake took us out of that channel's set
+    finally:
+        hub.unpark(waiter, channels)
+        if timer is not None:
+            timer.close()
+        if watcher is not None:
+            watcher.close()
+
+
+def client_gone(sock: socket.socket | None) -> bool:
+    """True if the peer closed or reset the connection (peeking, so nothing is consumed)."""
+    raw = getattr(sock, "_sock", sock)  # gevent's socket wraps the real one
+    try:
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

@@ -1,0 +1,261 @@
+"""The geventcomet wire protocol, with no I/O.
+
+Everything here is a pure function of its arguments: parse and validate a register
+or notify request, encode and decode the opaque cursor, decide what a resuming
+client can be given (``plan_read``), and encode replies. Sockets, greenlets and
+storage live elsewhere; this module is tested with plain calls.
+
+Vocabulary: every event has a per-channel ``seq`` (``id`` on the wire) that
+increases by exactly one. A client's position in a channel is the ``seq`` of the
+last event it has seen; ``since`` is that position. The backend's ``epoch`` changes
+whenever history was lost, so a position from another epoch is never trusted.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from .errors import BadRequest, LengthRequired, PayloadTooLarge, UnsupportedMediaType
+
+#: Channel names: letters, digits and ``_ . : -``, 1 to 128 characters. Nothing that
+#: needs URL-encoding, and never ``~`` (the cursor separator) or ``@`` (private channels).
+CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
+MAX_CHANNEL_CHARS = 128
+#: Client ids: letters, digits, ``_`` and ``-``, 1 to 64 characters.
+CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+#: A registered client's private channel is ``@`` + its id, a name no public channel can have.
+PRIVATE_PREFIX = "@"
+_CURSOR_SEP = "~"
+_EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A client's position: the epoch it was read in and the last seen seq per channel."""
+
+    epoch: str | None
+    positions: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    """A validated ``GET /register`` (or ``/stream``) request."""
+
+    channels: tuple[str, ...]  # public channels, deduplicated, in request order
+    cursor: Cursor
+    timeout_s: float
+    client: str | None  # None: the server assigns one
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyRequest:
+    """A validated ``POST /notify``: exactly one of ``channel`` and ``client`` is set."""
+
+    channel: str | None
+    client: str | None
+    data_json: str  # the payload, already re-encoded as compact JSON
+    token: str | None = None  # from a form field; the page's form cannot set headers
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """What to deliver from a channel: every event with seq > ``after``."""
+
+    after: int
+    recovered: bool
+
+
+def private_channel(client: str) -> str:
+    return PRIVATE_PREFIX + client
+
+
+def validate_channel(name: str) -> str:
+    if not name:
+        raise BadRequest("channel name is empty")
+    if len(name) > MAX_CHANNEL_CHARS:
+        raise BadRequest(f"channel name is longer than {MAX_CHANNEL_CHARS} characters")
+    if not CHANNEL_RE.match(name):
+        raise BadRequest(f"invalid channel name {name[:40]!r}: use letters, digits and _ . : -")
+    return name
+
+
+def validate_client(client: str) -> str:
+    if not CLIENT_RE.match(client):
+        raise BadRequest("invalid client id: use 1 to 64 letters, digits, _ or -")
+    return client
+
+
+def parse_register(query: str, *, default_timeout_s: float, max_timeout_s: float,
+                   max_channels: int, allow_no_channel: bool = False) -> RegisterRequest:
+    """Validate a register query string (``channel=..&since=..&timeout=..&client=..``)."""
+    channels: list[str] = []
+    since = client = timeout = None
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False,
+                          max_num_fields=max_channels + 8)
+    except ValueError:
+        raise BadRequest("too many query parameters") from None
+    for key, value in pairs:
+        if key == "channel":
+            for name in value.split(","):
+                validate_channel(name)
+                if name not in channels:
+                    channels.append(name)
+        elif key == "since":
+            since = value
+        elif key == "timeout":
+            timeout = value
+        elif key == "client":
+            client = validate_client(value)
+    if len(channels) > max_channels:
+        raise BadRequest(f"too many channels in one poll: {len(channels)} > {max_channels}")
+    if not channels and client is None and not allow_no_channel:
+        raise BadRequest("missing channel: pass at least one channel=NAME (or a client=ID)")
+    timeout_s = parse_timeout(timeout, default_timeout_s, max_timeout_s)
+    cursor = parse_since(since, channels)
+    return RegisterRequest(tuple(channels), cursor, timeout_s, client)
+
+
+def parse_timeout(value: str | None, default_s: float, max_s: float) -> float:
+    if value is None or value == "":
+        return default_s
+    try:
+        timeout_s = float(value)
+    except ValueError:
+        raise BadRequest(f"timeout must be a number of seconds, not {value[:20]!r}") from None
+    if not 0 <= timeout_s <= max_s:  # also rejects nan
+        raise BadRequest(f"timeout must be between 0 and {max_s:g} seconds")
+    return timeout_s
+
+
+def parse_since(value: str | None, channels: list[str]) -> Cursor:
+    """Accept an opaque cursor, or a plain event id when exactly one channel is named."""
+    if value is None or value == "":
+        return Cursor(None, {})
+    if value.isdigit() and len(value) < 19:
+        if len(channels) != 1:
+            raise BadRequest("a plain event id as since needs exactly one channel; pass the cursor")
+        return Cursor(None, {channels[0]: int(value)})
+    return decode_cursor(value)
+
+
+def encode_cursor(epoch: str, positions: dict[str, int]) -> str:
+    """``EPOCH~channel~seq~channel~seq``: opaque to clients, cheap to build per reply."""
+    parts = [epoch]
+    for channel, seq in positions.items():
+        parts.append(channel)
+        parts.append(str(seq))
+    return _CURSOR_SEP.join(parts)
+
+
+def decode_cursor(text: str) -> Cursor:
+    parts = text.split(_CURSOR_SEP)
+    if len(parts) % 2 == 0 or not _EPOCH_RE.match(parts[0]):
+        raise BadRequest("malformed cursor: pass back the cursor of the last reply unchanged")
+    positions: dict[str, int] = {}
+    for i in range(1, len(parts), 2):
+        channel, seq = parts[i], parts[i + 1]
+        name = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
+        if not (CHANNEL_RE.match(name) or CLIENT_RE.match(name)) or not seq.isdigit() or len(seq) > 18:
+            raise BadRequest("malformed cursor: pass back the cursor of the last reply unchanged")
+        positions[channel] = int(seq)
+    return Cursor(parts[0], positions)
+
+
+def plan_read(since: int | None, first: int, last: int, same_epoch: bool = True) -> ReadPlan:
+    """Decide what a client at ``since`` gets from a channel holding seqs ``first..last``.
+
+    ``first`` is the oldest retained seq (``last + 1`` when nothing is retained).
+    A new subscriber (no position) starts now. A position the history no longer
+    reaches (trimmed, expired, another epoch) gets everything retained and
+    ``recovered=False``; a position from the future gets nothing and ``False``.
+    """
+    if not same_epoch:
+        return ReadPlan(first - 1, False)
+    if since is None:
+        return ReadPlan(last, True)
+    if since > last:
+        return ReadPlan(last, False)
+    if since < first - 1:
+        return ReadPlan(first - 1, False)
+    return ReadPlan(since, True)
+
+
+def encode_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_prefix(channel: str) -> bytes:
+    """The bytes of an encoded event before its id: backends store ``prefix + id + suffix``."""
+    return b'{"channel":' + encode_json(channel).encode() + b',"id":'
+
+
+def encode_event(channel: str, seq: int, data_json: str) -> bytes:
+    """One event as JSON, encoded once per publish and shared by every reader."""
+    return event_prefix(channel) + str(seq).encode() + b',"data":' + data_json.encode() + b"}"
+
+
+def encode_poll_reply(events: list[bytes], cursor: str, *, timeout: bool, recovered: bool,
+                      client: str, epoch: str) -> bytes:
+    return b"".join((
+        b'{"events":[', b",".join(events), b'],"cursor":"', cursor.encode(),
+        b'","timeout":', b"true" if timeout else b"false",
+        b',"recovered":', b"true" if recovered else b"false",
+        b',"client":"', client.encode(), b'","epoch":"', epoch.encode(), b'"}',
+    ))
+
+
+def check_body_length(content_length: str | None, chunked: bool, max_bytes: int) -> int:
+    """Validate a request body's declared size before a byte of it is read."""
+    if chunked:
+        raise LengthRequired("chunked request bodies are not accepted: send Content-Length")
+    if not content_length:
+        return 0
+    try:
+        length = int(content_length)
+    except ValueError:
+        raise BadRequest("invalid Content-Length") from None
+    if length > max_bytes:
+        raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {max_bytes}")
+    return length
+
+
+def parse_notify(content_type: str, body: bytes) -> NotifyRequest:
+    """Validate a notify body: JSON ``{"channel"|"client": .., "data": ..}`` or form fields."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (not media and body[:1] == b"{"):
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"malformed JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise BadRequest("the JSON body must be an object with channel (or client) and data")
+        if "data" not in doc:
+            raise BadRequest("missing data")
+        data_json = encode_json(doc["data"])
+        channel, client, token = doc.get("channel"), doc.get("client"), None
+    elif media == "application/x-www-form-urlencoded":
+        try:
+            form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=16))
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("malformed form body") from None
+        if "data" not in form:
+            raise BadRequest("missing data")
+        data_json = encode_json(form["data"])
+        channel, client = form.get("channel") or None, form.get("client") or None
+        token = form.get("token") or None
+    else:
+        raise UnsupportedMediaType("send application/json or application/x-www-form-urlencoded")
+    if (channel is None) == (client is None):
+        raise BadRequest("give exactly one of channel and client")
+    if channel is not None:
+        if not isinstance(channel, str):
+            raise BadRequest("channel must be a string")
+        validate_channel(channel)
+    if client is not None:
+        if not isinstance(client, str):
+            raise BadRequest("client must be a string")
+        validate_client(client)
+    return NotifyRequest(channel, client, data_json, token)

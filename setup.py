@@ -1,0 +1,28 @@
+"""Packaging for geventcomet: a long-poll Comet server on gevent."""
+from setuptools import find_packages, setup
+
+setup(
+    name="geventcomet",
+    version="0.1.0",
+    description="A Comet (long-poll / Server-Sent Events) server on gevent greenlets",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["geventcomet", "geventcomet.*", "loadclient", "old_experiments"]),
+    package_data={"geventcomet": ["static/*"]},
+    install_requires=[
+        # >= 25.4.1: fixes the chunked-trailer and Expect: 100-continue smuggling bugs in pywsgi.
+        "gevent>=25.4.1",
+    ],
+    extras_require={
+        "redis": ["redis>=5.0"],
+        "gunicorn": ["gunicorn>=22.0"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "redis>=5.0",
+            "gunicorn>=22.0",
+        ],
+    },
+    entry_points={"console_scripts": ["geventcomet = geventcomet.cli:main"]},
+)
