@@ -46,6 +46,7 @@ class Hub:
         #: Set whenever nothing is parked, so shutdown can wait for the last reply.
         self.idle = Event()
         self.idle.set()
+        self._change: Event | None = None
 
     @property
     def waiting(self) -> int:
@@ -69,6 +70,8 @@ class Hub:
             waiters.add(waiter)
         self._all.add(waiter)
         self.idle.clear()
+        if self._change is not None:
+            self._changed()
 
     def unpark(self, waiter: Waiter, channels: tuple[str, ...]) -> None:
         sets = self._waiters
@@ -81,6 +84,18 @@ class Hub:
         self._all.discard(waiter)
         if not self._all:
             self.idle.set()
+        if self._change is not None:
+            self._changed()
+
+    def next_change(self) -> Event:
+        """An Event set at the next park or unpark, so tests and tools wait instead of polling."""
+        if self._change is None:
+            self._change = Event()
+        return self._change
+
+    def _changed(self) -> None:
+        change, self._change = self._change, None
+        change.set()
 
     def wake(self, channel: str) -> int:
         """Wake every request parked on ``channel``; return how many there were."""
