@@ -84,6 +84,8 @@ class CometApp:
             "/notify": {"GET": self.notify_page, "POST": self.notify},
             "/stats": {"GET": self.stats_json},
         }
+        from .browser import install_routes
+        install_routes(self)
         backend.start(hub.wake)
         self._housekeeper = gevent.spawn(self._expire_registrations)
 
