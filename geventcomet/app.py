@@ -99,6 +99,7 @@ class CometApp:
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
         cors: tuple[tuple[str, str], ...] = ()
+        environ["geventcomet.start_response"] = start_response  # for streaming handlers (/stream)
         try:
             cors = self._cors_headers(environ)
             methods = self.routes.get(environ.get("PATH_INFO", ""))
