@@ -176,13 +176,11 @@ class CometApp:
             length = protocol.check_body_length(
                 environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked",
                 self.config.max_body_bytes)
-        except CometError:
-            abandon()
-            raise
+        except CometError as exc:
+            raise _unread_body(exc, abandon) from None
         header_token = _bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
         if self._token and header_token is not None and not self._token_ok(header_token):
-            abandon()
-            raise Unauthorized("invalid notify token")
+            raise _unread_body(Unauthorized("invalid notify token"), abandon)
         req = protocol.parse_notify(environ.get("CONTENT_TYPE", ""), environ["wsgi.input"].read(length))
         if self._token and header_token is None and not self._token_ok(req.token):
             raise Unauthorized("this server needs a notify token: send Authorization: Bearer TOKEN")
@@ -220,6 +218,21 @@ class CometApp:
         return (200, page.encode(), "text/html; charset=utf-8", ())
 
     def stats_json(self, environ: dict) -> Reply:
+        """``/stats``; with ``?waiting=N[&timeout=S]`` it first waits until N requests are held."""
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        if "waiting" in query:
+            try:
+                target = int(query["waiting"][0])
+            except ValueError:
+                raise CometError("waiting must be an integer") from None
+            timeout_s = protocol.parse_timeout(query.get("timeout", [None])[0], self.config.timeout_s,
+                                               self.config.max_timeout_s)
+            with gevent.Timeout(timeout_s, False):
+                while True:
+                    changed = self.hub.next_change()
+                    if self.hub.waiting >= target:
+                        break
+                    changed.wait()
         return (200, json_bytes(self.snapshot()), JSON, ())
 
     def index(self, environ: dict) -> Reply:
@@ -253,6 +266,13 @@ class CometApp:
                 continue
             if gone:
                 log.debug("expired %d idle client registrations", len(gone))
+
+
+def _unread_body(exc: CometError, abandon: Callable[[], None]) -> CometError:
+    """Refuse without reading the body: the connection closes after the reply."""
+    abandon()
+    exc.headers = (*exc.headers, ("Connection", "close"))
+    return exc
 
 
 def _bearer_token(header: str) -> str | None:

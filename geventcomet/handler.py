@@ -121,12 +121,18 @@ class CometHandler(WSGIHandler):
     def read_requestline(self):
         limits = self.server.limits
         if self._requests_served:  # between keep-alive requests: wait quietly
+            idle = self.server.idle_connections
+            if self.server.closed:
+                return ""
+            idle.add(gevent.getcurrent())  # a graceful stop closes these at once
             try:
                 with gevent.Timeout(limits.keepalive_timeout_s, _IdleTimeout):
                     if not self.rfile.peek(1):
                         return ""
             except _IdleTimeout:
                 return ""
+            finally:
+                idle.discard(gevent.getcurrent())
         self._requests_served += 1
         self._deadline = gevent.Timeout.start_new(limits.header_timeout_s, HeaderTimeout)
         return super().read_requestline()

@@ -38,6 +38,8 @@ class CometServer(WSGIServer):
     def __init__(self, listener, app: CometApp, config: Config, **kwargs) -> None:
         #: Read by the handler: header deadline, keep-alive timeout, head size.
         self.limits = config
+        #: Greenlets of keep-alive connections waiting for their next request.
+        self.idle_connections: set[gevent.Greenlet] = set()
         kwargs.setdefault("log", logging.getLogger("geventcomet.access") if config.access_log else None)
         kwargs.setdefault("error_log", logging.getLogger("geventcomet.http"))
         super().__init__(listener, app, spawn=Pool(), **kwargs)
@@ -50,6 +52,8 @@ class CometServer(WSGIServer):
         hub.shutdown()
         if not hub.idle.wait(1.0):
             log.warning("%d held requests were still waiting after 1 s", hub.waiting)
+        for idle in list(self.idle_connections):
+            idle.kill(block=False)
         self.pool.join(timeout=DRAIN_TIMEOUT_S)
         self.pool.kill(timeout=1)
         self.app.close()

@@ -1,0 +1,72 @@
+"""The Notify page, and the app's WSGI conformance."""
+import re
+from html.parser import HTMLParser
+from wsgiref.validate import validator
+
+import gevent
+import requests
+
+from geventcomet import Config, make_app
+from geventcomet.server import CometServer
+
+from .helpers import Comet, RunningServer
+
+
+class FormReader(HTMLParser):
+    """Collects the first form's action, method and named fields, as a browser would see them."""
+
+    def __init__(self):
+        super().__init__()
+        self.action = self.method = None
+        self.fields = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "form" and self.action is None:
+            self.action, self.method = attrs.get("action"), attrs.get("method", "get").upper()
+        elif tag in ("input", "textarea") and attrs.get("name"):
+            self.fields.append(attrs["name"])
+
+
+def test_submitting_the_notify_page_form_wakes_a_waiter(server):
+    comet = Comet(server.url)
+    poll = gevent.spawn(comet.register, "page", timeout=20)
+    server.wait_waiting(1)
+    page = requests.get(server.url + "/notify", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert re.search(r"<td>page</td><td>1</td>", page.text)  # the channel and its one waiter
+    form = FormReader()
+    form.feed(page.text)
+    assert form.method == "POST" and {"channel", "data"} <= set(form.fields)
+    sent = requests.post(server.url + form.action, data={"channel": "page", "data": "from the form"},
+                         headers={"Accept": "text/html"}, timeout=10)
+    assert sent.status_code == 200 and "Sent event #1 to page, waking 1" in sent.text
+    assert poll.get(timeout=5)["events"] == [{"channel": "page", "id": 1, "data": "from the form"}]
+
+
+def test_the_notify_page_escapes_what_it_shows(server):
+    page = requests.get(server.url + "/notify", params={"sent": "<script>x</script>", "id": "1"}, timeout=10)
+    assert "<script>x</script>" not in page.text and "&lt;script&gt;" in page.text
+
+
+def test_the_app_passes_wsgiref_validate():
+    config = Config(port=0)
+    app = make_app(config)
+    server = CometServer(("127.0.0.1", 0), app, config)
+    server.application = validator(app)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        comet = Comet(url)
+        poll = gevent.spawn(comet.register, "v", timeout=10)
+        RunningServer(server).wait_waiting(1)
+        comet.notify("v", 1)
+        assert poll.get(timeout=5)["events"]
+        assert comet.register("v", timeout=0)["timeout"] is True
+        for path, status in (("/stats", 200), ("/notify", 200), ("/", 200), ("/missing", 404)):
+            assert requests.get(url + path, timeout=10).status_code == status
+        assert requests.head(url + "/stats", timeout=10).status_code == 200
+        assert requests.post(url + "/notify", data=b"{", timeout=10,
+                             headers={"Content-Type": "application/json"}).status_code == 400
+    finally:
+        server.stop_gracefully()
