@@ -1,0 +1,223 @@
+"""``GET /stream``: the channels as Server-Sent Events, for ``EventSource``.
+
+The same promise as the long-poll: the same channels, the same backlog, nothing
+lost between reconnects. The stream is a loop of :func:`~geventcomet.longpoll.hold`
+calls whose timeout is the heartbeat period; each batch it returns is written as
+SSE frames, and a timeout is written as a comment line that keeps proxies from
+closing an idle stream.
+
+Resuming
+--------
+Every event's ``id:`` is the opaque cursor of ``/register`` *just after that event*
+(``EPOCH~chan~seq~chan~seq...``, with every subscribed channel and the private one).
+One channel's seq cannot say where a client stands in the others, and the cursor
+already does. A browser reconnecting sends it back as ``Last-Event-ID``; a first
+request, which cannot set headers, may pass ``?last_event_id=`` (or ``since=``). The
+first frame, ``event: hello``, carries the starting cursor as its id, so even a
+client that saw no event resumes from where it started rather than from "now".
+A cursor names the client's private channel (``@ID``), so a native reconnect
+without ``client=`` in its URL keeps the same client id.
+
+Frames (``data:`` is always one line of JSON)::
+
+    event: hello      {"client": ID, "epoch": E, "heartbeat_s": S}   (id: start cursor)
+    event: gap        {"recovered": false, "epoch": E}   the backlog could not reach back
+    (message)         {"channel": C, "id": N, "data": ...}           (id: cursor after it)
+    event: reconnect  {"reason": "shutdown"}   the server is stopping; the stream ends
+    : heartbeat       a comment, every ``heartbeat_s`` without events
+
+The pure framing functions at the top do no I/O and are tested with plain calls.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from typing import Iterable, Iterator
+from urllib.parse import parse_qsl
+
+from . import protocol
+from .errors import BackendError, ClientGone, CometError, Unavailable
+from .longpoll import PollResult, hold
+
+log = logging.getLogger(__name__)
+
+#: Seconds without events before a heartbeat comment is written. Proxies commonly
+#: close a response idle for 60 s (nginx ``proxy_read_timeout``), so stay well under.
+HEARTBEAT_S = 15.0
+#: The ``retry:`` the browser waits before reconnecting is drawn from this range (ms),
+#: so that the clients of a restarted server do not all come back in the same instant.
+RETRY_MS = (1000, 3000)
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+_BATCH_HEADERS = (("Cache-Control", "no-store"), ("X-Accel-Buffering", "no"))
+
+
+# -- pure framing ------------------------------------------------------------
+
+def event_position(encoded: bytes) -> tuple[str, int]:
+    """The channel and seq of an encoded event (``protocol.encode_event``'s layout).
+
+    Channel names never need JSON escaping (see ``protocol.CHANNEL_RE``), so the
+    name ends at the next quote and the id at the next comma.
+    """
+    start = len(b'{"channel":"')
+    end = encoded.index(b'"', start)
+    id_start = end + len(b'","id":')
+    return encoded[start:end].decode(), int(encoded[id_start:encoded.index(b",", id_start)])
+
+
+def frame(data: bytes, *, event: str | None = None, event_id: str | None = None,
+          retry_ms: int | None = None) -> bytes:
+    """One SSE frame. ``data`` must be a single line (compact JSON is)."""
+    parts = []
+    if event is not None:
+        parts.append(b"event: " + event.encode() + b"\n")
+    if event_id is not None:
+        parts.append(b"id: " + event_id.encode() + b"\n")
+    if retry_ms is not None:
+        parts.append(b"retry: %d\n" % retry_ms)
+    parts.append(b"data: " + data + b"\n\n")
+    return b"".join(parts)
+
+
+def start_positions(result: PollResult) -> dict[str, int]:
+    """Where a batch starts: each channel's position just before its first event in it.
+
+    For a recovered batch this is the client's own cursor; after a gap it is the
+    oldest position the backend can still serve, so resuming there loses nothing more.
+    """
+    positions = dict(result.positions)
+    seen: set[str] = set()
+    for encoded in result.events:
+        channel, seq = event_position(encoded)
+        if channel not in seen:
+            seen.add(channel)
+            positions[channel] = seq - 1
+    return positions
+
+
+def frame_batch(result: PollResult, positions: dict[str, int]) -> bytes:
+    """A gap marker (if any) and one frame per event, each with the cursor after it.
+
+    ``positions`` is :func:`start_positions` of the batch; it is advanced in place.
+    """
+    parts = []
+    if not result.recovered:
+        parts.append(frame(protocol.encode_json({"recovered": False, "epoch": result.epoch}).encode(),
+                           event="gap"))
+    for encoded in result.events:
+        channel, seq = event_position(encoded)
+        positions[channel] = seq
+        parts.append(frame(encoded, event_id=protocol.encode_cursor(result.epoch, positions)))
+    return b"".join(parts)
+
+
+def hello(client: str, epoch: str, cursor: str, heartbeat_s: float, retry_ms: int) -> bytes:
+    body = protocol.encode_json({"client": client, "epoch": epoch, "heartbeat_s": heartbeat_s})
+    return frame(body.encode(), event="hello", event_id=cursor, retry_ms=retry_ms)
+
+
+HEARTBEAT = b": heartbeat\n\n"
+SHUTDOWN = frame(b'{"reason":"shutdown"}', event="reconnect")
+
+
+# -- the endpoint ------------------------------------------------------------
+
+class StreamEndpoint:
+    """``GET /stream`` for one :class:`~geventcomet.app.CometApp`.
+
+    Open streams are parked in the app's hub between batches, so they appear in
+    ``/stats`` ``waiting`` and count against ``--max-waiting``; events written
+    count in ``delivered``, hang-ups in ``disconnects``.
+    """
+
+    def __init__(self, app, *, heartbeat_s: float = HEARTBEAT_S,
+                 retry_ms: tuple[int, int] = RETRY_MS) -> None:
+        self.app = app
+        #: Seconds between heartbeat comments on an idle stream.
+        self.heartbeat_s = heartbeat_s
+        #: Range the per-stream ``retry:`` (ms) is drawn from.
+        self.retry_ms = retry_ms
+        #: Streams open now, and opened since start.
+        self.open = 0
+        self.opened = 0
+
+    def __call__(self, environ: dict) -> Iterable[bytes]:
+        app = self.app
+        config = app.config
+        if app.hub.closing:
+            raise Unavailable("server is shutting down; reconnect")
+        if app.hub.waiting >= app.max_waiting:
+            raise Unavailable(f"server is at capacity ({app.max_waiting} waiting requests); retry later")
+        query = environ.get("QUERY_STRING", "")
+        req = protocol.parse_register(query, default_timeout_s=config.timeout_s,
+                                      max_timeout_s=config.max_timeout_s,
+                                      max_channels=config.max_channels, allow_no_channel=True)
+        cursor = req.cursor
+        resume = environ.get("HTTP_LAST_EVENT_ID") or _query_value(query, "last_event_id")
+        if resume:
+            cursor = protocol.parse_since(resume, list(req.channels))
+        client = req.client or _client_in(cursor) or _new_client()
+        if not req.channels and req.client is None and _client_in(cursor) is None:
+            raise CometError("missing channel: pass at least one channel=NAME (or a client=ID)")
+        channels = (*req.channels, protocol.private_channel(client))
+        app._call_backend(app.backend.register, client)
+        positions = {channel: cursor.positions.get(channel) for channel in channels}
+        # The first read does not wait: its positions are the hello's cursor.
+        first = app._call_backend(hold, app.hub, app.backend, channels, positions, cursor.epoch, 0, None)
+        start_response = environ["geventcomet.start_response"]
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE), *_BATCH_HEADERS,
+                                  *app._cors_headers(environ)])
+        if environ["REQUEST_METHOD"] == "HEAD":
+            return [b""]
+        sock = environ.get("geventcomet.socket") or environ.get("gunicorn.socket")
+        return self._run(client, channels, first, sock)
+
+    def _run(self, client: str, channels: tuple[str, ...], result: PollResult, sock) -> Iterator[bytes]:
+        app, stats = self.app, self.app.stats
+        self.open += 1
+        self.opened += 1
+        try:
+            positions = start_positions(result)
+            yield hello(client, result.epoch, protocol.encode_cursor(result.epoch, positions),
+                        self.heartbeat_s, random.randint(*self.retry_ms))
+            first = True
+            while True:
+                if result.shutting_down:
+                    yield SHUTDOWN
+                    return
+                if result.events or not result.recovered:
+                    stats.delivered += len(result.events)
+                    yield frame_batch(result, positions)
+                elif result.timeout and not first:  # the first read never waits
+                    app._call_backend(app.backend.register, client)  # keep the registration alive
+                    yield HEARTBEAT
+                try:
+                    result = hold(app.hub, app.backend, channels, positions, result.epoch,
+                                  self.heartbeat_s, sock)
+                except ClientGone:
+                    stats.disconnects += 1
+                    raise
+                first = False
+                positions = start_positions(result)
+        except (CometError, BackendError) as exc:  # the backend failed: end it, the browser retries
+            log.warning("ending stream for %s: %s", client, getattr(exc, "message", exc))
+        finally:
+            self.open -= 1
+
+
+def _query_value(query: str, name: str) -> str | None:
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == name:
+            return value
+    return None
+
+
+def _client_in(cursor: protocol.Cursor) -> str | None:
+    """The client id whose private channel a cursor names, if exactly one."""
+    private = [c[1:] for c in cursor.positions if c.startswith(protocol.PRIVATE_PREFIX)]
+    return private[0] if len(private) == 1 else None
+
+
+def _new_client() -> str:
+    return secrets.token_urlsafe(12)
