@@ -1,0 +1,160 @@
+"""A light HTTP/1.1 keep-alive client on one raw gevent socket.
+
+Why not ``requests``: a fake client must cost little, in memory (thousands are held
+at once) and in CPU (the load client shares two cores with the server it measures).
+One :class:`Connection` is one socket plus a byte buffer; a request is one
+``sendall`` and a reply is read with ``recv`` until its ``Content-Length`` is in.
+
+Only what geventcomet (and servers speaking its protocol) answer is supported:
+``Content-Length`` bodies or a body ended by the server closing the connection.
+"""
+from __future__ import annotations
+
+import socket as _stdsocket
+
+from gevent import socket
+
+#: Linux: let connect() pick the source port, so a bound source address does not
+#: use up its port range at bind() time (each address then has ~28k ports per server).
+IP_BIND_ADDRESS_NO_PORT = getattr(_stdsocket, "IP_BIND_ADDRESS_NO_PORT", 24)
+RECV_BYTES = 65536
+
+
+class HTTPError(Exception):
+    """A transport or framing failure; ``kind`` names it for the error counters."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+class Reply:
+    """One HTTP response: ``status`` (int), lower-cased ``headers`` and raw ``body`` bytes."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class Connection:
+    """A keep-alive connection to ``host:port``, reopened on demand after a close.
+
+    :param source: local address to bind before connecting (e.g. ``127.0.0.2``), or None.
+    :param timeout_s: bound on connect and on each wait for reply bytes.
+    """
+
+    __slots__ = ("host", "port", "source", "timeout_s", "sock", "_buf", "_host_header")
+
+    def __init__(self, host: str, port: int, source: str | None = None, timeout_s: float = 30.0) -> None:
+        self.host = host
+        self.port = port
+        self.source = source
+        self.timeout_s = timeout_s
+        self.sock: socket.socket | None = None
+        self._buf = b""
+        self._host_header = f"{host}:{port}"
+
+    def open(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.source:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.source, 0))
+            sock.settimeout(self.timeout_s)
+            sock.connect((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise HTTPError("connect", str(exc)) from None
+        self.sock = sock
+        self._buf = b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def request(self, method: str, target: str, body: bytes = b"",
+                headers: str = "", timeout_s: float | None = None) -> Reply:
+        """Send one request and read its reply; ``headers`` is pre-formatted ``Name: v\\r\\n`` text.
+
+        Raises :class:`HTTPError` on any failure, after closing the socket.
+        """
+        if self.sock is None:
+            self.open()
+        head = (f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n{headers}"
+                f"Content-Length: {len(body)}\r\n\r\n" if body or method == "POST" else
+                f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n{headers}\r\n")
+        sock = self.sock
+        try:
+            sock.settimeout(timeout_s or self.timeout_s)
+            sock.sendall(head.encode("latin-1") + body)
+            return self._read_reply(sock)
+        except HTTPError:
+            self.close()
+            raise
+        except socket.timeout:
+            self.close()
+            raise HTTPError("timeout", "no reply in time") from None
+        except OSError as exc:
+            self.close()
+            raise HTTPError("reset", str(exc)) from None
+
+    def _read_reply(self, sock) -> Reply:
+        buf = self._buf
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(buf) > 65536:
+                raise HTTPError("bad_reply", "reply head too large")
+            chunk = sock.recv(RECV_BYTES)
+            if not chunk:
+                raise HTTPError("closed" if not buf else "bad_reply", "connection closed before a reply")
+            buf += chunk
+        lines = buf[:end].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise HTTPError("bad_reply", repr(lines[0][:80]))
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise HTTPError("bad_reply", "chunked replies are not supported")
+        rest = buf[end + 4:]
+        length = headers.get("content-length")
+        if length is None:  # body ends when the server closes
+            while True:
+                chunk = sock.recv(RECV_BYTES)
+                if not chunk:
+                    break
+                rest += chunk
+            self.close()
+            self._buf = b""
+            return Reply(int(parts[1]), headers, rest)
+        need = int(length)
+        while len(rest) < need:
+            chunk = sock.recv(max(RECV_BYTES, need - len(rest)))
+            if not chunk:
+                raise HTTPError("bad_reply", "connection closed inside a body")
+            rest += chunk
+        self._buf = rest[need:]
+        reply = Reply(int(parts[1]), headers, rest[:need])
+        if headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0":
+            self.close()
+        return reply
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """``http://host:port[/]`` -> (host, port). Only plain http is spoken."""
+    if not url.startswith("http://"):
+        raise ValueError(f"only http:// URLs are supported, not {url!r}")
+    hostport = url[len("http://"):].split("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        return hostport, 80
+    return host, int(port)

@@ -1,0 +1,148 @@
+"""The counters a run keeps, and the report made of them (printed, JSON, exit status).
+
+One :class:`Report` per process is updated live by its fake clients (plain integer
+adds: no locks are needed between greenlets). With ``--procs`` each worker sends its
+report to the parent, which merges them with :meth:`Report.merge`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+
+from .histogram import Histogram
+
+#: Integer counters that merge by addition.
+_SUMMED = ("clients", "ready", "requests", "responses", "in_flight", "timeouts", "events_sent",
+           "events_received", "end_markers_sent", "end_markers_received", "lost", "duplicated",
+           "recovered_false", "abandoned", "clients_failed", "notify_errors")
+
+
+@dataclass
+class Report:
+    """What a run saw. Counts are totals over all fake clients and processes."""
+
+    #: fake clients started, and how many got their first cursor and went on polling
+    clients: int = 0
+    ready: int = 0
+    #: register requests sent and replies (of any status) received
+    requests: int = 0
+    responses: int = 0
+    in_flight: int = 0
+    #: replies saying "timeout: no events" (normal for idle clients)
+    timeouts: int = 0
+    #: events the notifier had acknowledged (2xx), and events clients received (each
+    #: client counts its own; a fan-out to 1,000 clients is 1 sent, 1,000 received)
+    events_sent: int = 0
+    events_received: int = 0
+    end_markers_sent: int = 0
+    end_markers_received: int = 0
+    #: expected events a client never got, events it got more than once (or backwards)
+    lost: int = 0
+    duplicated: int = 0
+    #: replies with "recovered": false (the server said it could not give everything)
+    recovered_false: int = 0
+    #: requests cut off by ``remove`` in the console (not counted as unanswered)
+    abandoned: int = 0
+    #: clients that gave up (a 4xx, or too many errors in a row)
+    clients_failed: int = 0
+    notify_errors: int = 0
+    #: failures by kind: connect, reset, closed, timeout, bad_reply, http_503, http_4xx, ...
+    errors: dict[str, int] = field(default_factory=dict)
+    #: notify -> receive latency of every event received (send timestamp in the event)
+    latency: Histogram = field(default_factory=Histogram)
+    #: seconds from start until every client had its cursor and was polling
+    ready_s: float = 0.0
+    #: seconds of the notify phase (after all clients were ready)
+    duration_s: float = 0.0
+    procs: int = 1
+    #: CPU seconds (user + system) the load client's processes used
+    cpu_s: float = 0.0
+
+    @property
+    def unanswered(self) -> int:
+        """Requests that never got a reply (errors and cut-off requests included)."""
+        return self.requests - self.responses - self.abandoned
+
+    def count_error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def merge(self, other: "Report") -> None:
+        """Add ``other``'s counters into this one (run-level fields are the caller's)."""
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for kind, n in other.errors.items():
+            self.errors[kind] = self.errors.get(kind, 0) + n
+        self.latency.merge(other.latency)
+        self.ready_s = max(self.ready_s, other.ready_s)
+        self.cpu_s += other.cpu_s
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was lost or duplicated, no request went unanswered, no client failed."""
+        return (self.lost == 0 and self.duplicated == 0 and self.unanswered == 0
+                and self.clients_failed == 0)
+
+    def exit_code(self) -> int:
+        """0 if :attr:`ok`, else 1."""
+        return 0 if self.ok else 1
+
+    def to_dict(self) -> dict:
+        """The JSON report (latency as percentiles in milliseconds)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency"}
+        out["errors"] = dict(self.errors)
+        out["unanswered"] = self.unanswered
+        out["latency_ms"] = self.latency.summary_ms()
+        out["ok"] = self.ok
+        for name in ("ready_s", "duration_s", "cpu_s"):
+            out[name] = round(out[name], 3)
+        return out
+
+    def to_wire(self) -> dict:
+        """Everything, histogram included, for a worker process to send to its parent."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency"}
+        out["latency"] = self.latency.to_dict()
+        return out
+
+    @classmethod
+    def from_wire(cls, data: dict) -> "Report":
+        data = dict(data)
+        latency = Histogram.from_dict(data.pop("latency"))
+        return cls(latency=latency, **data)
+
+    def progress_line(self) -> str:
+        """One line: connected, requests, replies, in flight, timeouts, errors, events, latency."""
+        lat = self.latency.summary_ms()
+        errors = ",".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "0"
+        return (f"clients {self.ready}/{self.clients} req {self.requests} resp {self.responses} "
+                f"inflight {self.in_flight} timeouts {self.timeouts} errors {errors} "
+                f"events {self.events_received} lost {self.lost} dup {self.duplicated} "
+                f"p50 {lat['p50']}ms p99 {lat['p99']}ms")
+
+    def format_text(self) -> str:
+        """The human-readable final report."""
+        d = self.to_dict()
+        lat = d["latency_ms"]
+        lines = [
+            "loadclient report",
+            f"  clients            {self.clients} ({self.ready} polling, {self.clients_failed} failed), "
+            f"{self.procs} process(es), ready after {d['ready_s']} s",
+            f"  requests           {self.requests}",
+            f"  responses          {self.responses} (timeouts {self.timeouts})",
+            f"  unanswered         {self.unanswered} (abandoned by remove: {self.abandoned})",
+            f"  events sent        {self.events_sent} (+{self.end_markers_sent} end markers, "
+            f"{self.notify_errors} notify errors) in {d['duration_s']} s",
+            f"  events received    {self.events_received}",
+            f"  lost               {self.lost}",
+            f"  duplicated         {self.duplicated}",
+            f"  recovered: false   {self.recovered_false}",
+            f"  errors             {d['errors'] or 0}",
+            f"  latency ms         p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
+            f"  load client CPU    {d['cpu_s']} s",
+            f"  result             {'OK' if self.ok else 'FAILED'}",
+        ]
+        return "\n".join(lines)
+
+    def write_json(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as out:
+            json.dump(self.to_dict(), out, indent=2, sort_keys=True)
+            out.write("\n")

@@ -1,0 +1,33 @@
+"""Process resources the load client needs: open files, CPU time used, source addresses."""
+from __future__ import annotations
+
+import resource
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft open-file limit to the hard one (each fake client holds a socket)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def source_addresses(host: str, procs: int, given: list[str] | None) -> list[str | None]:
+    """The local address each process binds its client sockets to.
+
+    Explicit ``given`` addresses are used round-robin. Otherwise, against a loopback
+    server with several processes, process *i* uses ``127.0.0.(i+2)``: every source
+    address has its own ~28,000 ephemeral ports towards the server, so 50,000+
+    connections fit. One process (at most 20,000 sockets here) needs no binding.
+    """
+    if given:
+        return [given[i % len(given)] for i in range(procs)]
+    if procs > 1 and host.startswith("127."):
+        return [f"127.0.0.{i + 2}" for i in range(procs)]
+    return [None] * procs

@@ -1,0 +1,223 @@
+"""A whole run: ramp the clients, publish for a while, end, count. The Python API.
+
+Phases, each bounded in time:
+
+1. **ramp**: every client connects and takes its first cursor, then long-polls;
+2. **notify** (``duration`` s): the notifier publishes (paced, flat out, or not at all);
+   it starts only once every client polls, so every client is owed every event;
+3. **end**: the notifier publishes an end marker on each channel; each client
+   stops once it has its markers; the groups count what each client still owed.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import gevent
+from gevent.event import Event
+
+from .fakeclient import REPLY_GRACE_S
+from .group import ClientGroup
+from .httpconn import split_url
+from .notifier import Notifier
+from .report import Report
+from .resources import cpu_seconds, raise_open_file_limit, source_addresses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Options:
+    """Everything a run can be told; the CLI flags map one to one (``--notify-rate`` ...)."""
+
+    #: server base URL, ``http://host:port``
+    url: str
+    #: fake clients in total (over all processes)
+    clients: int = 100
+    #: clients started per second; 0 = as fast as possible (200 connecting at a time)
+    ramp: float = 0.0
+    #: seconds of the notify phase, after every client polls
+    duration: float = 10.0
+    #: number of channels; client *i* polls channel *i* mod K (and the next ones if
+    #: ``channels_per_client`` > 1)
+    channels: int = 1
+    channels_per_client: int = 1
+    #: events per second over all channels, round-robin; 0 = none; < 0 = as fast as accepted
+    notify_rate: float = 0.0
+    #: stop publishing after this many events (None: until ``duration`` ends)
+    notify_count: int | None = None
+    #: notify connections working in parallel (each owns a share of the channels)
+    notify_connections: int = 4
+    #: ``timeout`` each long-poll asks the server for, seconds
+    poll_timeout: float = 20.0
+    #: processes holding the clients (the notifier stays in this one)
+    procs: int = 1
+    #: local addresses to bind client sockets to (None: 127.0.0.2, .3 ... with procs > 1)
+    source_ips: list[str] | None = None
+    #: channel names are PREFIX0, PREFIX1 ...; default ``lc-RUNID-`` (unique per run)
+    channel_prefix: str | None = None
+    idempotency: bool = True
+    #: seconds between progress lines on stderr; 0 = none
+    progress: float = 1.0
+    #: bound on the ramp phase; default from the ramp rate
+    ready_timeout: float | None = None
+
+    def channel_names(self, run_id: str) -> list[str]:
+        prefix = self.channel_prefix if self.channel_prefix is not None else f"lc-{run_id}-"
+        return [f"{prefix}{k}" for k in range(self.channels)]
+
+
+class Run:
+    """One run, step by step (the console drives these steps itself; :func:`run` in order)."""
+
+    def __init__(self, options: Options, *, out=sys.stderr) -> None:
+        if options.clients < 0 or options.procs < 1 or options.channels < 1:
+            raise ValueError("clients >= 0, procs >= 1 and channels >= 1 are required")
+        raise_open_file_limit()
+        self.options = options
+        self.out = out
+        self.run_id = uuid.uuid4().hex[:8]
+        self.channels = options.channel_names(self.run_id)
+        self.notify_report = Report(clients=0)
+        self.notifier = Notifier(options.url, self.channels, self.notify_report,
+                                 connections=options.notify_connections,
+                                 idempotency=options.idempotency, run_id=self.run_id)
+        self.groups: list = []
+        self.stop_requested = Event()
+        self._progress: gevent.Greenlet | None = None
+        self._t0 = time.monotonic()
+        self.ready_s = 0.0
+        self.duration_s = 0.0
+
+    # -- phase 1 --------------------------------------------------------------
+    def start(self) -> None:
+        """Start the client groups (in this process, or one per worker process)."""
+        opts = self.options
+        host, _ = split_url(opts.url)
+        sources = source_addresses(host, opts.procs, opts.source_ips)
+        shares = [opts.clients // opts.procs + (i < opts.clients % opts.procs) for i in range(opts.procs)]
+        first = 0
+        for i, share in enumerate(shares):
+            if opts.procs == 1:
+                group = ClientGroup(opts.url, self.channels, channels_per_client=opts.channels_per_client,
+                                    poll_timeout_s=opts.poll_timeout, source=sources[i],
+                                    floor_for=self.notifier.floor)
+                group.add(share, opts.ramp)
+            else:
+                from .worker import RemoteGroup
+                group = RemoteGroup({
+                    "url": opts.url, "channels": self.channels, "clients": share,
+                    "channels_per_client": opts.channels_per_client, "poll_timeout": opts.poll_timeout,
+                    "first_index": first, "source": sources[i], "ramp": opts.ramp / opts.procs,
+                    "progress_interval": opts.progress or 1.0})
+            first += share
+            self.groups.append(group)
+        if opts.progress > 0:
+            self._progress = gevent.spawn(self._print_progress)
+
+    def wait_ready(self) -> bool:
+        """Block (bounded) until every client polls; False if the bound passed first."""
+        opts = self.options
+        bound = opts.ready_timeout
+        if bound is None:
+            bound = 60.0 + (opts.clients / opts.ramp if opts.ramp > 0 else opts.clients / 500.0)
+        deadline = time.monotonic() + bound
+        for group in self.groups:
+            if not group.ready.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("not every client was polling after %.0f s; going on", bound)
+                return False
+        self.ready_s = time.monotonic() - self._t0
+        return True
+
+    # -- phase 2 --------------------------------------------------------------
+    def notify_phase(self, duration: float | None = None) -> None:
+        """Publish for ``duration`` seconds (or until :attr:`stop_requested`)."""
+        opts = self.options
+        start = time.monotonic()
+        self.notifier.start(opts.notify_rate, opts.notify_count)
+        self.stop_requested.wait(opts.duration if duration is None else duration)
+        self.notifier.stop()
+        self.duration_s = time.monotonic() - start
+
+    # -- phase 3 --------------------------------------------------------------
+    def finish(self) -> Report:
+        """End markers, then every group's final count, merged into one report."""
+        final = self.notifier.send_end_markers()
+        timeout = self.options.poll_timeout + REPLY_GRACE_S
+        reports = [None] * len(self.groups)
+
+        def finish_group(i: int) -> None:
+            reports[i] = self.groups[i].finish(final, timeout)
+
+        gevent.joinall([gevent.spawn(finish_group, i) for i in range(len(self.groups))])
+        if self._progress is not None:
+            self._progress.kill()
+        self.notifier.close()
+        total = self.snapshot(reports)
+        total.cpu_s = sum(r.cpu_s for r in reports if r is not None) + cpu_seconds()
+        return total
+
+    def snapshot(self, reports: list | None = None) -> Report:
+        """The merged counters now (or of ``reports``)."""
+        total = Report()
+        for report in reports or [g.report for g in self.groups]:
+            if report is not None:
+                total.merge(report)
+        total.merge(self.notify_report)
+        total.cpu_s = 0.0
+        total.procs = self.options.procs
+        total.ready_s = self.ready_s
+        total.duration_s = self.duration_s
+        return total
+
+    def close(self) -> None:
+        """Kill what is left (after an error): worker processes, greenlets."""
+        if self._progress is not None:
+            self._progress.kill()
+        for group in self.groups:
+            if hasattr(group, "kill"):
+                group.kill()
+        self.notifier.close()
+
+    def _print_progress(self) -> None:
+        tty = getattr(self.out, "isatty", lambda: False)()
+        while True:
+            gevent.sleep(self.options.progress)  # pacing the progress line
+            line = f"[{time.monotonic() - self._t0:7.1f}s] {self.snapshot().progress_line()}"
+            self.out.write(("\r" + line + "\x1b[K") if tty else line + "\n")
+            self.out.flush()
+
+
+def run(url: str, *, on_ready: Callable[[Run], None] | None = None,
+        before_finish: Callable[[Run], None] | None = None, **options) -> Report:
+    """Run a whole load test against ``url`` and return its :class:`Report`.
+
+    ``options`` are the fields of :class:`Options` (``clients``, ``ramp``, ``duration``,
+    ``channels``, ``notify_rate``, ``procs`` ...). ``on_ready`` is called once every
+    client polls (before any notify), ``before_finish`` after the notify phase while
+    the clients still poll; both get the :class:`Run` (e.g. to read the server's
+    ``/stats`` at those moments). Must be called from a gevent-friendly context
+    (it uses gevent sockets; no monkey-patching needed).
+    """
+    the_run = Run(Options(url=url, **options))
+    try:
+        the_run.start()
+        the_run.wait_ready()
+        if on_ready is not None:
+            on_ready(the_run)
+        the_run.notify_phase()
+        if before_finish is not None:
+            before_finish(the_run)
+        return the_run.finish()
+    except BaseException:
+        the_run.close()
+        raise
+
+
+def options_dict(options: Options) -> dict:
+    """Options as a plain dict (for the JSON report)."""
+    return asdict(options)

@@ -1,0 +1,187 @@
+"""loadclient against real servers: the in-process geventcomet, and a double that drops events."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from urllib.parse import parse_qs
+
+import gevent
+import pytest
+from gevent import subprocess
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+
+from loadclient import Report, run
+from loadclient.fakeclient import FakeClient
+from loadclient.histogram import Histogram
+
+
+def test_a_few_hundred_clients_get_every_event_once_in_order(server):
+    report = run(server.url, clients=300, duration=2.0, channels=4, notify_rate=200,
+                 poll_timeout=5, progress=0)
+    assert report.ready == report.clients == 300
+    assert report.requests == report.responses
+    assert report.lost == 0 and report.duplicated == 0 and report.recovered_false == 0
+    assert report.events_sent > 100
+    assert report.events_received == report.events_sent * 300 // 4
+    assert report.end_markers_received == 300
+    assert report.ok and report.exit_code() == 0
+
+
+def test_several_channels_per_client_and_two_processes(server):
+    report = run(server.url, clients=60, duration=1.0, channels=6, channels_per_client=3,
+                 notify_rate=120, poll_timeout=5, progress=0, procs=2)
+    assert report.procs == 2 and report.ready == 60
+    assert report.requests == report.responses
+    assert report.lost == 0 and report.duplicated == 0
+    # each channel is polled by 60 * 3 / 6 = 30 clients
+    assert report.events_received == report.events_sent * 30
+    assert report.ok
+
+
+class DroppingServer:
+    """A test double speaking the protocol, which acknowledges every notify but stores
+    only four events in five (ids 3, 8, 13 ... are dropped on the floor)."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[tuple[int, object]]] = {}
+        self.ids: dict[str, int] = {}
+        self.changed = Event()
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def app(self, environ, start_response):
+        if environ["PATH_INFO"] == "/notify":
+            body = json.loads(environ["wsgi.input"].read())
+            channel = body["channel"]
+            seq = self.ids[channel] = self.ids.get(channel, 0) + 1
+            if seq % 5 != 3:
+                self.events.setdefault(channel, []).append((seq, body["data"]))
+                changed, self.changed = self.changed, Event()
+                changed.set()
+            return self.reply(start_response, {"channel": channel, "id": seq, "woken": 0})
+        query = parse_qs(environ["QUERY_STRING"])
+        channels = query["channel"]
+        since = json.loads(query["since"][0]) if "since" in query else {c: self.ids.get(c, 0) for c in channels}
+        deadline = time.monotonic() + float(query.get("timeout", ["5"])[0])
+        while True:
+            changed = self.changed
+            found = [{"channel": c, "id": i, "data": d} for c in channels
+                     for i, d in self.events.get(c, []) if i > since[c]]
+            if found or not changed.wait(max(0.0, deadline - time.monotonic())):
+                break
+        for event in found:
+            since[event["channel"]] = max(since[event["channel"]], event["id"])
+        return self.reply(start_response, {"events": found, "cursor": json.dumps(since),
+                                           "timeout": not found, "recovered": True,
+                                           "client": "double", "epoch": "e"})
+
+    @staticmethod
+    def reply(start_response, body):
+        data = json.dumps(body).encode()
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(data)))])
+        return [data]
+
+
+def _loadclient(*args: str, stdin=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "loadclient", *args], stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_server_that_drops_events_is_caught_and_fails_the_run(tmp_path):
+    double = DroppingServer()
+    try:
+        out = tmp_path / "report.json"
+        proc = _loadclient(double.url, "--clients", "20", "--duration", "1", "--channels", "2",
+                           "--notify-rate", "40", "--poll-timeout", "2", "--progress", "0",
+                           "--json", str(out))
+        stdout, stderr = proc.communicate(timeout=40)
+    finally:
+        double.server.stop()
+    assert proc.returncode == 1, stdout + stderr
+    report = json.loads(out.read_text())
+    assert report["lost"] > 0 and not report["ok"]
+    assert report["duplicated"] == 0
+    # every dropped event is lost by each of the 10 clients of its channel
+    dropped = sum(ids // 5 + (ids % 5 >= 3) for ids in double.ids.values())
+    assert report["lost"] == dropped * 10
+    assert "lost" in stdout and "FAILED" in stdout
+
+
+def _expect(proc, text: str, timeout: float = 15) -> str:
+    """Read the console's stdout until a line contains ``text`` (bounded)."""
+    with gevent.Timeout(timeout, AssertionError(f"no line with {text!r}")):
+        while True:
+            line = proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"console ended before {text!r}: {proc.stderr.read()}")
+            if text in line:
+                return line
+
+
+def test_console_commands_driven_through_stdin(server, tmp_path):
+    out = tmp_path / "console.json"
+    proc = _loadclient(server.url, "--interactive", "--clients", "0", "--progress", "0",
+                       "--poll-timeout", "3", "--duration", "50", "--json", str(out),
+                       stdin=subprocess.PIPE)
+    try:
+        def send(line: str) -> None:
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+
+        _expect(proc, "loadclient console")
+        send("add 3")
+        _expect(proc, "polling: 3 of 3 clients")
+        send("notify 0 hello")
+        assert "#1" in _expect(proc, "notified")
+        send("addslow 1")
+        _expect(proc, "polling: 4 of 4 clients")
+        send("remove 1")
+        _expect(proc, "removed 1 clients")
+        send("stats")
+        assert "clients 4/4" in _expect(proc, "stats:")
+        assert '"waiting"' in _expect(proc, "server:")
+        send("bogus")
+        _expect(proc, "unknown command")
+        send("quit")
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()
+    report = json.loads(out.read_text())
+    assert report["events_received"] == 3 and report["lost"] == 0
+    assert report["unanswered"] == 0 and report["abandoned"] == 1
+
+
+class _Group:
+    def __init__(self) -> None:
+        self.report = Report()
+
+
+def test_sequence_check_counts_gaps_repeats_and_owed_tail():
+    client = FakeClient(_Group(), conn=None, channels=("a", "b"))
+
+    def events(channel, *seqs):
+        return {"events": [{"channel": channel, "id": s, "data": {"s": s, "t": time.time()}}
+                           for s in seqs], "cursor": "c"}
+
+    client._apply(events("a", 1, 2, 4), time.time())  # 3 missing
+    client._apply(events("a", 4, 5), time.time())  # 4 again
+    client.floors[1] = 2  # joined b after its event 2 began: 1 and 2 are not owed
+    client._apply(events("b", 3), time.time())
+    report = client.group.report
+    assert (report.lost, report.duplicated, report.events_received) == (1, 1, 5)
+    assert client.owed({"a": 7, "b": 3}) == 2
+
+
+def test_histogram_percentiles_are_within_two_percent():
+    hist = Histogram()
+    for ms in range(1, 1001):
+        hist.add(ms / 1000)
+    assert hist.percentile(50) == pytest.approx(0.5, rel=0.02)
+    assert hist.percentile(99) == pytest.approx(0.99, rel=0.02)
+    assert hist.summary_ms()["max"] == 1000.0
