@@ -1,1 +1,362 @@
-// placeholder
+/*! geventcomet.js: the browser client for a geventcomet server. No dependencies.
+ *
+ *   var comet = new GeventComet.Client({url: ''});          // '' = the page's own server
+ *   var sub = comet.subscribe(['news'], {
+ *     onEvent: function (e) { console.log(e.channel, e.id, e.data); },
+ *     onGap: function (info) { console.warn('missed events', info); },  // recovered: false
+ *     onState: function (state, info) { console.log(state, info); },   // connecting/open/reconnecting/closed
+ *     onError: function (err) { console.error('stopped:', err); }      // 400/401/403/404: no retry
+ *   });
+ *   comet.publish('news', {text: 'hi'}).then(function (r) { console.log('sent as', r.id); });
+ *   sub.close();
+ *
+ * Transports: 'longpoll' (GET /register, the default) or 'eventsource' (GET /stream).
+ * Both resume from the opaque cursor, so a reconnect misses nothing the server still
+ * holds; when it cannot (trimmed backlog, restarted memory backend) onGap is called
+ * with {recovered: false} before the events that are left. Reconnects wait
+ * min(maxDelay, minDelay * 2^attempt) * random() (full jitter), plus the server's
+ * Retry-After when it sends one (503: shutting down, at capacity).
+ * See docs/browser.md for the whole API.
+ */
+(function (root, factory) {
+  'use strict';
+  var api = factory();
+  if (typeof module === 'object' && module.exports) module.exports = api;
+  else root.GeventComet = api;
+})(typeof self !== 'undefined' ? self : this, function () {
+  'use strict';
+
+  var DEFAULTS = {
+    url: '',               // base URL of the server, without a trailing slash; '' = same origin
+    transport: 'longpoll', // 'longpoll' or 'eventsource'
+    timeout: 25,           // seconds the server holds a long-poll
+    minDelay: 500,         // ms: the backoff's first ceiling
+    maxDelay: 30000,       // ms: the backoff's largest ceiling
+    token: '',             // bearer token for publish, if the server has --notify-token
+    credentials: 'same-origin', // fetch credentials mode (cross-origin servers: 'include')
+    publishRetries: 4      // extra tries for a publish after a network error or a 503
+  };
+  /** HTTP statuses after which retrying cannot help: the subscription stops. */
+  var FATAL = {400: true, 401: true, 403: true, 404: true, 405: true};
+
+  function merge(base, extra) {
+    var out = {}, key;
+    for (key in base) out[key] = base[key];
+    for (key in extra || {}) if (extra[key] !== undefined) out[key] = extra[key];
+    return out;
+  }
+
+  /** Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^attempt)). */
+  function backoffDelay(attempt, base, cap, random) {
+    return (random || Math.random)() * Math.min(cap, base * Math.pow(2, Math.min(attempt, 30)));
+  }
+
+  /** A Retry-After header (seconds or an HTTP date) in ms, or null. */
+  function retryAfterMs(header, now) {
+    if (header == null || header === '') return null;
+    if (/^\d+$/.test(header.trim())) return parseInt(header, 10) * 1000;
+    var at = Date.parse(header);
+    return isNaN(at) ? null : Math.max(0, at - (now == null ? Date.now() : now));
+  }
+
+  /** The wait before reconnect number `attempt` (0 first): Retry-After, if any, plus backoff. */
+  function reconnectDelay(attempt, retryAfter, options, random) {
+    return (retryAfter || 0) + backoffDelay(attempt, options.minDelay, options.maxDelay, random);
+  }
+
+  function randomKey() {
+    var bytes = new Uint8Array(16), i, out = '';
+    if (typeof crypto !== 'undefined' && crypto.getRandomValues) crypto.getRandomValues(bytes);
+    else for (i = 0; i < 16; i++) bytes[i] = Math.floor(Math.random() * 256);
+    for (i = 0; i < 16; i++) out += (bytes[i] + 256).toString(16).slice(1);
+    return out;
+  }
+
+  function query(params) {
+    var parts = [], key, i, value;
+    for (key in params) {
+      value = params[key];
+      if (value == null) continue;
+      if (!Array.isArray(value)) value = [value];
+      for (i = 0; i < value.length; i++) parts.push(key + '=' + encodeURIComponent(String(value[i])));
+    }
+    return parts.join('&');
+  }
+
+  function parseJson(text) {
+    try { return JSON.parse(text); } catch (e) { return null; }
+  }
+
+  /** An error from the server (`status` set) or from the network (`status` 0). */
+  function CometError(message, status, body) {
+    var err = new Error(message);
+    err.name = 'GeventCometError';
+    err.status = status || 0;
+    err.body = body || null;
+    return err;
+  }
+
+  function later(fn) { setTimeout(fn, 0); }
+
+  function call(handler, self, args) {
+    if (typeof handler !== 'function') return;
+    try { handler.apply(self, args); } catch (e) { later(function () { throw e; }); }
+  }
+
+  // -- Client ---------------------------------------------------------------
+
+  /** A connection to one server: options shared by its subscriptions and publishes. */
+  function Client(options) {
+    if (!(this instanceof Client)) return new Client(options);
+    this.options = merge(DEFAULTS, options);
+  }
+
+  /**
+   * Subscribe to one or more channels. `options` may hold the handlers (onEvent,
+   * onGap, onState, onError), `since` (a cursor from `sub.cursor`, or an event id
+   * such as 0 when there is exactly one channel: replay from there), `client` (a
+   * client id to keep) and any Client option to override (transport, timeout, ...).
+   */
+  Client.prototype.subscribe = function (channels, options) {
+    return new Subscription(this, typeof channels === 'string' ? [channels] : channels.slice(), options || {});
+  };
+
+  /** Publish `data` (any JSON value) to `channel`. Resolves to {channel, id, woken}. */
+  Client.prototype.publish = function (channel, data, options) {
+    return this._notify({channel: channel, data: data}, options || {});
+  };
+
+  /** Send `data` to one client's private channel (its id is `sub.client`). */
+  Client.prototype.sendTo = function (clientId, data, options) {
+    return this._notify({client: clientId, data: data}, options || {});
+  };
+
+  Client.prototype._notify = function (body, options) {
+    var o = merge(this.options, options);
+    var headers = {'Content-Type': 'application/json', 'Idempotency-Key': o.idempotencyKey || randomKey()};
+    if (o.token) headers.Authorization = 'Bearer ' + o.token;
+    var payload = JSON.stringify(body), attempt = 0;
+    function attemptOnce() {
+      return fetch(o.url + '/notify', {method: 'POST', headers: headers, body: payload,
+                                        credentials: o.credentials, cache: 'no-store'})
+        .then(function (res) {
+          return res.text().then(function (text) {
+            var reply = parseJson(text);
+            if (res.ok) return reply;
+            var err = CometError((reply && reply.error) || ('HTTP ' + res.status), res.status, reply);
+            err.retryAfter = retryAfterMs(res.headers.get('Retry-After'));
+            throw err;
+          });
+        }, function (e) { throw CometError('network error: ' + e.message, 0); })
+        .catch(function (err) {
+          // The Idempotency-Key makes a retry safe: the server stores the event once.
+          if ((err.status === 0 || err.status === 503) && attempt < o.publishRetries) {
+            var wait = reconnectDelay(attempt++, err.retryAfter, o);
+            return new Promise(function (resolve) { setTimeout(resolve, wait); }).then(attemptOnce);
+          }
+          throw err;
+        });
+    }
+    return attemptOnce();
+  };
+
+  // -- Subscription -----------------------------------------------------------
+
+  function Subscription(client, channels, options) {
+    this.options = merge(client.options, options);
+    this.channels = channels;
+    /** The opaque cursor: where this subscription stands in every channel. */
+    this.cursor = typeof options.since === 'string' && options.since.indexOf('~') >= 0 ? options.since : null;
+    this._since = this.cursor === null && options.since != null ? String(options.since) : null;
+    /** The client id the server gave (its private channel is '@' + client). */
+    this.client = options.client || null;
+    /** False once the server said it could not give everything since the cursor. */
+    this.recovered = true;
+    /** 'connecting', 'open', 'reconnecting' or 'closed'. */
+    this.state = null;
+    this.attempt = 0;
+    this.closed = false;
+    this._lastIds = {};
+    this._handlers = options;
+    this._connect();
+  }
+
+  Subscription.prototype.close = function () {
+    if (this.closed) return;
+    this.closed = true;
+    this._stop();
+    this._setState('closed', {reason: 'closed by the application'});
+  };
+
+  Subscription.prototype._stop = function () {
+    clearTimeout(this._timer);
+    clearTimeout(this._guard);
+    if (this._abort) this._abort.abort();
+    if (this._es) this._es.close();
+    this._abort = this._es = null;
+  };
+
+  Subscription.prototype._setState = function (state, info) {
+    if (state === this.state && state !== 'reconnecting') return;
+    this.state = state;
+    call(this._handlers.onState, this, [state, info || {}]);
+  };
+
+  Subscription.prototype._connect = function () {
+    if (this.closed) return;
+    if (this.state !== 'reconnecting') this._setState('connecting');
+    if (this.options.transport === 'eventsource') this._openStream();
+    else this._poll();
+  };
+
+  Subscription.prototype._resumeFrom = function () {
+    return this.cursor || this._since;
+  };
+
+  Subscription.prototype._fail = function (status, body) {
+    var err = CometError((body && body.error) || ('HTTP ' + status), status, body);
+    this.closed = true;
+    this._stop();
+    this._setState('closed', {reason: err.message, status: status});
+    call(this._handlers.onError, this, [err]);
+  };
+
+  Subscription.prototype._retry = function (retryAfter, reason) {
+    if (this.closed) return;
+    var self = this, delay = reconnectDelay(this.attempt, retryAfter, this.options);
+    this.attempt++;
+    this._setState('reconnecting', {reason: reason, delay: Math.round(delay), attempt: this.attempt});
+    this._timer = setTimeout(function () { self._connect(); }, delay);
+  };
+
+  Subscription.prototype._gap = function (info) {
+    this.recovered = false;
+    this._lastIds = {};  // the history restarted or was trimmed: ids may begin again
+    call(this._handlers.onGap, this, [info]);
+  };
+
+  Subscription.prototype._deliver = function (event) {
+    var last = this._lastIds[event.channel];
+    if (last !== undefined && event.id <= last) return;  // already delivered (a resume overlap)
+    this._lastIds[event.channel] = event.id;
+    call(this._handlers.onEvent, this, [event]);
+  };
+
+  // Long-poll: GET /register in a loop, each request carrying the last reply's cursor.
+  Subscription.prototype._poll = function () {
+    var self = this, o = this.options;
+    var url = o.url + '/register?' + query({channel: this.channels, since: this._resumeFrom(),
+                                              client: this.client, timeout: o.timeout});
+    var ctrl = this._abort = new AbortController();
+    // A proxy or a sleeping laptop can leave a request hanging forever: give up after the hold.
+    this._guard = setTimeout(function () { ctrl.abort(); }, (o.timeout + 15) * 1000);
+    fetch(url, {signal: ctrl.signal, credentials: o.credentials, cache: 'no-store'})
+      .then(function (res) {
+        return res.text().then(function (text) { return {res: res, body: parseJson(text)}; });
+      })
+      .then(function (got) {
+        clearTimeout(self._guard);
+        if (self.closed) return;
+        var status = got.res.status, body = got.body;
+        if (status === 200 && body && Array.isArray(body.events)) {
+          self._accept(body);
+          if (self.closed) return;
+          self.attempt = 0;
+          self._poll();
+          return;
+        }
+        if (body && body.cursor) self.cursor = body.cursor;  // a shutdown reply keeps our place
+        if (body && body.client) self.client = body.client;
+        if (FATAL[status]) return self._fail(status, body);
+        self._retry(retryAfterMs(got.res.headers.get('Retry-After')),
+                    (body && body.error) || ('HTTP ' + status));
+      }, function (err) {
+        clearTimeout(self._guard);
+        if (!self.closed) self._retry(null, 'network error: ' + err.message);
+      });
+  };
+
+  Subscription.prototype._accept = function (reply) {
+    this.client = reply.client;
+    this.cursor = reply.cursor;
+    this._since = null;
+    this._setState('open', {client: reply.client});
+    if (!reply.recovered) this._gap({recovered: false, epoch: reply.epoch, cursor: reply.cursor});
+    for (var i = 0; i < reply.events.length && !this.closed; i++) this._deliver(reply.events[i]);
+  };
+
+  // EventSource: GET /stream. The browser itself reconnects once with Last-Event-ID
+  // (after the server's randomised retry:); if that fails too, this code takes over
+  // with backoff, resuming with ?last_event_id= from the last id it saw.
+  Subscription.prototype._openStream = function () {
+    var self = this, o = this.options;
+    var url = o.url + '/stream?' + query({channel: this.channels, client: this.client,
+                                            last_event_id: this._resumeFrom()});
+    var es = this._es = new EventSource(url, {withCredentials: o.credentials === 'include'});
+    var nativeRetryUsed = false;
+    es.addEventListener('hello', function (e) {
+      var hello = parseJson(e.data) || {};
+      self.client = hello.client || self.client;
+      if (e.lastEventId) self.cursor = e.lastEventId;
+      self._since = null;
+      self.attempt = 0;
+      nativeRetryUsed = false;
+      self._setState('open', {client: self.client});
+    });
+    es.addEventListener('gap', function (e) {
+      var info = parseJson(e.data) || {};
+      info.recovered = false;
+      self._gap(info);
+    });
+    es.addEventListener('reconnect', function () {
+      self._setState('reconnecting', {reason: 'server is restarting'});
+    });
+    es.onmessage = function (e) {
+      var event = parseJson(e.data);
+      if (e.lastEventId) self.cursor = e.lastEventId;
+      if (event) self._deliver(event);
+    };
+    es.onerror = function () {
+      if (self.closed || es !== self._es) return;
+      var retrying = es.readyState === 0;  // CONNECTING: the browser is about to retry itself
+      if (retrying && !nativeRetryUsed) {
+        nativeRetryUsed = true;
+        self._setState('reconnecting', {reason: 'connection lost'});
+        return;
+      }
+      es.close();
+      self._es = null;
+      if (retrying) return self._retry(null, 'connection lost');
+      self._probe(url);  // CLOSED: an HTTP error or a wrong content type; find out which
+    };
+  };
+
+  // An EventSource that fails does not say why; ask the same URL with fetch for the status.
+  Subscription.prototype._probe = function (url) {
+    var self = this, ctrl = this._abort = new AbortController();
+    fetch(url, {signal: ctrl.signal, credentials: this.options.credentials, cache: 'no-store'})
+      .then(function (res) {
+        var retryAfter = retryAfterMs(res.headers.get('Retry-After'));
+        if (res.ok) { ctrl.abort(); return self._retry(null, 'stream failed'); }
+        return res.text().then(function (text) {
+          if (self.closed) return;
+          if (FATAL[res.status]) return self._fail(res.status, parseJson(text));
+          self._retry(retryAfter, 'HTTP ' + res.status);
+        });
+      }, function (err) {
+        if (!self.closed) self._retry(null, 'network error: ' + err.message);
+      });
+  };
+
+  return {
+    Client: Client,
+    Subscription: Subscription,
+    /** Shorthand: new Client(options).subscribe(channels, options). */
+    subscribe: function (channels, options) { return new Client(options).subscribe(channels, options); },
+    backoffDelay: backoffDelay,
+    retryAfterMs: retryAfterMs,
+    reconnectDelay: reconnectDelay,
+    DEFAULTS: DEFAULTS,
+    version: '0.1.0'
+  };
+});

@@ -1,0 +1,304 @@
+"""The browser side in a real headless Chromium: the demo game, the Notify page, reconnects.
+
+Chromium is Debian's ``/usr/bin/chromium`` driven by playwright-core from npm
+(``tests/browser``, installed by ``.ci/install-test-deps``); nothing downloads a
+browser. Without them these tests skip locally, and fail in CI. Every wait is on a
+page condition with a bound (``Browser.wait``), never a sleep.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import gevent
+import pytest
+import requests
+from gevent.server import StreamServer
+from gevent.socket import create_connection
+
+from .conftest import IN_CI
+from .helpers import Comet, ServerProcess
+
+BROWSER_DIR = Path(__file__).parent / "browser"
+DRIVER = BROWSER_DIR / "driver.mjs"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+#: Bound for a page condition that needs a reconnect (backoff, server start-up).
+RECONNECT_S = 20
+
+
+def require_browser() -> None:
+    missing = []
+    if shutil.which("node") is None:
+        missing.append("node")
+    if not Path(CHROMIUM).exists():
+        missing.append(f"chromium ({CHROMIUM})")
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").exists():
+        missing.append("playwright-core (cd tests/browser && npm install)")
+    if missing:
+        message = "browser tests need " + ", ".join(missing) + " (run: bash .ci/install-test-deps)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class Browser:
+    """Headless Chromium behind ``driver.mjs``: one JSON command per line, one reply per line."""
+
+    def __init__(self) -> None:
+        self.stderr: list[str] = []
+        self.proc = subprocess.Popen(["node", str(DRIVER)], cwd=BROWSER_DIR, text=True, bufsize=1,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._drain = gevent.spawn(lambda: self.stderr.extend(self.proc.stderr))
+        self._next_id = 0
+        self.pages: set[str] = set()
+        assert self._reply(30)["value"] == "ready", "driver did not start"
+
+    def _reply(self, timeout: float) -> dict:
+        with gevent.Timeout(timeout, AssertionError(f"no answer from the browser driver in {timeout} s")):
+            line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError("browser driver exited:\n" + "".join(self.stderr))
+        return json.loads(line)
+
+    def call(self, op: str, deadline: float = 30, **args):
+        self._next_id += 1
+        self.proc.stdin.write(json.dumps({"id": self._next_id, "op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        reply = self._reply(deadline)
+        assert reply["id"] == self._next_id, reply
+        if not reply["ok"]:
+            raise AssertionError(f"{op} {args}: {reply['error']}")
+        return reply["value"]
+
+    def open(self, page: str, url: str) -> None:
+        self.call("open", page=page, url=url)
+        self.pages.add(page)
+
+    def eval(self, page: str, expr: str):
+        return self.call("eval", page=page, expr=expr)
+
+    def wait(self, page: str, expr: str, timeout: float = 10):
+        """Wait until ``expr`` is truthy in ``page``; return its value."""
+        try:
+            return self.call("wait", deadline=timeout + 10, page=page, expr=expr, timeout=int(timeout * 1000))
+        except AssertionError as exc:
+            state = self.eval(page, "document.body.innerText.slice(0, 500)")
+            raise AssertionError(f"{exc}\npage {page} shows: {state}") from None
+
+    def click(self, page: str, selector: str) -> None:
+        self.call("click", page=page, selector=selector)
+
+    def errors(self, page: str) -> list[str]:
+        return self.call("logs", page=page)
+
+    def close_pages(self) -> None:
+        for page in self.pages:
+            self.call("close", page=page)
+        self.pages.clear()
+
+    def quit(self) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    require_browser()
+    browser = Browser()
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture
+def browser(chromium):
+    yield chromium
+    chromium.close_pages()
+
+
+class DropProxy:
+    """A TCP proxy whose connections can all be cut at once: a dropped network, for real."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.heads: list[bytes] = []  # what the browser sent that starts a request (its head)
+        self._conns: set = set()
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def _handle(self, client, _address) -> None:
+        upstream = create_connection(("127.0.0.1", self.target_port))
+        self._conns.update((client, upstream))
+
+        def pipe(src, dst, record):
+            try:
+                while data := src.recv(65536):
+                    if record and data[:4] in (b"GET ", b"POST"):
+                        self.heads.append(data)
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (src, dst):
+                    try:
+                        sock.shutdown(2)
+                    except OSError:
+                        pass
+
+        back = gevent.spawn(pipe, upstream, client, False)
+        pipe(client, upstream, True)
+        back.join()
+        for sock in (client, upstream):
+            self._conns.discard(sock)
+            sock.close()
+
+    def drop_all(self) -> None:
+        for sock in list(self._conns):
+            try:
+                sock.shutdown(2)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.drop_all()
+        self.server.stop(timeout=1)
+
+
+def test_js_pure_parts_under_node():
+    if shutil.which("node") is None:
+        require_browser()
+    out = subprocess.run(["node", "unit.mjs"], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_static_routes_are_served(comet):
+    for path, kind in (("/geventcomet.js", "application/javascript"), ("/demo", "text/html"),
+                       ("/demo.js", "application/javascript"), ("/example", "text/html")):
+        reply = comet.http.get(comet.url + path, timeout=5)
+        assert reply.status_code == 200 and reply.headers["Content-Type"].startswith(kind), path
+    assert "GeventComet" in comet.http.get(comet.url + "/geventcomet.js", timeout=5).text
+
+
+def play(browser: Browser, moves: list[tuple[str, int]], marks: dict[str, str]) -> list[float]:
+    """Click each move on its page; wait until the other page shows it. Returns seconds per move."""
+    took = []
+    for page, cell in moves:
+        other = next(p for p in marks if p != page)
+        browser.click(page, f"#cell-{cell}")  # waits until the cell is enabled: the page's turn
+        started = time.monotonic()
+        browser.wait(other, f"document.getElementById('cell-{cell}').textContent === '{marks[page]}'")
+        took.append(time.monotonic() - started)
+    return took
+
+
+def test_two_pages_play_a_whole_game_and_a_reload_misses_nothing(server, browser):
+    url = server.url + "/demo?game=g1"
+    browser.open("x", url)
+    browser.wait("x", "document.body.dataset.mark === 'X'")
+    browser.open("o", url)
+    browser.wait("o", "document.body.dataset.mark === 'O'")
+    browser.wait("x", "demo.game.players.O !== null")
+    marks = {"x": "X", "o": "O"}
+    took = play(browser, [("x", 4), ("o", 0), ("x", 2)], marks)
+    browser.call("reload", page="o")  # a player reloads mid-game: same tab, same player
+    assert browser.wait("o", "document.getElementById('moves').textContent === 'X5 O1 X3' && "
+                             "document.body.dataset.mark") == "O"
+    took += play(browser, [("o", 8), ("x", 6)], marks)  # X wins on the 2-4-6 diagonal
+    for page, verdict in (("x", "X wins: you win!"), ("o", "X wins: you lose")):
+        browser.wait(page, "document.body.dataset.winner === 'X'")
+        assert browser.eval(page, "document.getElementById('status').textContent") == verdict
+        assert browser.eval(page, "[...document.querySelectorAll('#board button.win')].map(b => b.id)") == \
+            ["cell-2", "cell-4", "cell-6"]
+        assert browser.eval(page, "demo.gaps") == 0
+        assert browser.errors(page) == []
+    assert max(took) < 2, took  # each move reaches the opponent at once, not at a poll interval
+
+
+def test_a_notify_from_the_notify_page_reaches_subscriber_pages(server, browser):
+    browser.open("poll", server.url + "/example?channel=news")
+    browser.open("sse", server.url + "/example?channel=news&transport=eventsource")
+    browser.wait("sse", "sub.state === 'open'")
+    server.wait_waiting(2)  # the long-poll and the stream are both parked
+    browser.open("notify", server.url + "/notify")
+    browser.call("fill", page="notify", selector="#channel", value="news")
+    browser.call("fill", page="notify", selector="#data", value="hello from the form")
+    browser.click("notify", "button[type=submit]")
+    browser.wait("notify", "document.querySelector('.sent') !== null")  # 303 back to the page
+    for page in ("poll", "sse"):
+        assert browser.wait(page, "received.length === 1 && received[0]") == \
+            {"channel": "news", "id": 1, "data": "hello from the form"}
+        assert browser.eval(page, "document.querySelector('#log li[data-id=\"1\"]').textContent") == \
+            'news #1: "hello from the form"'
+
+
+def test_eventsource_resumes_after_a_dropped_connection(server, browser):
+    proxy = DropProxy(server.port)
+    try:
+        comet = Comet(server.url)
+        browser.open("sse", proxy.url + "/example?channel=news&transport=eventsource")
+        browser.wait("sse", "sub.state === 'open'")
+        server.wait_waiting(1)
+        comet.notify("news", 1)
+        browser.wait("sse", "received.length === 1")
+        proxy.drop_all()
+        server.wait_waiting(0)  # the server saw the hang-up; the browser has not reconnected
+        comet.notify("news", 2)
+        comet.notify("news", 3)
+        got = browser.wait("sse", "received.length >= 3 && received.map(e => e.data)", timeout=RECONNECT_S)
+        assert got == [1, 2, 3]
+        assert browser.eval("sse", "sub.recovered") is True
+        streams = [h for h in proxy.heads if h.startswith(b"GET /stream")]
+        assert len(streams) >= 2 and b"last-event-id:" in streams[-1].lower()  # the native resume
+        comet.notify("news", 4)
+        browser.wait("sse", "received.length === 4")
+        assert browser.eval("sse", "received.map(e => e.id)") == [1, 2, 3, 4]
+    finally:
+        proxy.stop()
+
+
+def test_a_server_restart_mid_game_loses_no_move(browser, tmp_path):
+    try:
+        import geventcomet.backends.sqlite  # noqa: F401
+    except ImportError:
+        pytest.skip("needs the SQLite backend (geventcomet/backends/sqlite.py) for history across a restart")
+    backend = f"sqlite:///{tmp_path}/comet.sqlite3"
+    first = ServerProcess("--backend", backend)
+    second = None
+    try:
+        port = first.url.rsplit(":", 1)[1]
+        url = first.url + "/demo?game=restart"
+        browser.open("x", url)  # long-poll
+        browser.wait("x", "document.body.dataset.mark === 'X'")
+        browser.open("o", url + "&transport=eventsource")
+        browser.wait("o", "document.body.dataset.mark === 'O'")
+        marks = {"x": "X", "o": "O"}
+        play(browser, [("x", 0), ("o", 4)], marks)
+        x_player = browser.eval("x", "demo.player")
+        assert first.terminate() == 0
+        for page in ("x", "o"):
+            browser.wait(page, "document.body.dataset.conn === 'reconnecting'")
+        second = ServerProcess("--backend", backend, "--port", port)
+        # Published before either page is back: they must find it in the history.
+        requests.post(second.url + "/notify", timeout=5,
+                      json={"channel": "ttt-restart", "data": {"type": "move", "player": x_player, "cell": 1}})
+        for page in ("x", "o"):
+            browser.wait(page, "document.getElementById('cell-1').textContent === 'X'", timeout=RECONNECT_S)
+        play(browser, [("o", 8), ("x", 2)], marks)  # X wins on the top row
+        for page in ("x", "o"):
+            browser.wait(page, "document.body.dataset.winner === 'X'")
+            assert browser.eval(page, "document.getElementById('moves').textContent") == "X1 O5 X2 O9 X3"
+            assert browser.eval(page, "demo.gaps") == 0  # the cursor was honoured: nothing lost
+            assert browser.eval(page, "demo.events.filter(e => e.data.type === 'move').length") == 5
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
