@@ -302,3 +302,50 @@ def test_a_server_restart_mid_game_loses_no_move(browser, tmp_path):
         first.stop()
         if second is not None:
             second.stop()
+
+
+SUBSCRIBE_AND_RECORD = """(transport) => {
+  window.states = []; window.errors = []; window.events = [];
+  window.probe = comet.subscribe(['r'], {transport, minDelay: 100, maxDelay: 400,
+    onState: (state, info) => states.push({state, delay: info.delay || 0, reason: info.reason || ''}),
+    onEvent: (e) => events.push(e.data),
+    onError: (err) => errors.push(err.status)});
+  return true;
+}"""
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "eventsource"])
+def test_a_503_retry_after_is_honoured_before_reconnecting(server, browser, transport):
+    browser.open("p", server.url + "/example")
+    path = "register" if transport == "longpoll" else "stream"
+    # EventSource hides the status; the client asks again with fetch (the probe) to learn it.
+    browser.call("route", page="p", pattern=f"**/{path}?**", status=503, times=1 if transport == "longpoll" else 2,
+                 headers={"Retry-After": "2", "Content-Type": "application/json"}, body='{"error": "busy"}')
+    browser.eval("p", f"({SUBSCRIBE_AND_RECORD})('{transport}')")
+    retry = browser.wait("p", "states.find(s => s.state === 'reconnecting')")
+    assert 2000 <= retry["delay"] < 2000 + 400, retry  # Retry-After plus at most the jittered backoff
+    server.wait_waiting(1, timeout=10)  # then it does come back
+    Comet(server.url).notify("r", "after")
+    assert browser.wait("p", "events.length === 1 && events[0]") == "after"
+    assert browser.eval("p", "errors") == []
+
+
+@pytest.mark.parametrize("transport", ["longpoll", "eventsource"])
+def test_a_403_stops_the_subscription(server, browser, transport):
+    browser.open("p", server.url + "/example")
+    path = "register" if transport == "longpoll" else "stream"
+    browser.call("route", page="p", pattern=f"**/{path}?**", status=403,
+                 headers={"Content-Type": "application/json"}, body='{"error": "origin not allowed"}')
+    browser.eval("p", f"({SUBSCRIBE_AND_RECORD})('{transport}')")
+    assert browser.wait("p", "errors.length && errors") == [403]
+    assert browser.eval("p", "[probe.state, probe.closed, states.some(s => s.state === 'reconnecting')]") == \
+        ["closed", True, False]
+
+
+def test_publish_sends_the_token_and_a_401_is_not_retried(start_server, browser):
+    server = start_server(notify_token="s3cret")
+    browser.open("p", server.url + "/example")
+    assert browser.eval("p", "comet.publish('x', 1).then(() => 'sent', (e) => e.status)") == 401
+    reply = browser.eval("p", "new GeventComet.Client({token: 's3cret'}).publish('x', {a: 1})")
+    assert reply == {"channel": "x", "id": 1, "woken": 0}
+    assert server.app.stats.published == 1

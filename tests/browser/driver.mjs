@@ -5,7 +5,7 @@
 //   -> {"id": 1, "ok": true, "value": null}   or   {"id": 1, "ok": false, "error": "..."}
 // Ops: open (a new browser context per page, so pages share no storage), goto, reload,
 // click, fill, eval (an expression), wait (until an expression is truthy, bounded),
-// logs (the page's console errors and failed requests), quit.
+// route (a canned response for matching requests), logs (the page's console errors and failed requests), quit.
 //
 // Chromium is Debian's (/usr/bin/chromium, or $CHROMIUM): playwright-core never downloads one.
 import { chromium } from 'playwright-core';
@@ -50,6 +50,12 @@ const ops = {
     const handle = await getPage(page).page.waitForFunction(expr, null,
       { timeout: timeout || DEFAULT_TIMEOUT_MS, polling: 'raf' });
     return await handle.jsonValue();
+  },
+  // Answer requests matching `pattern` (a glob) with a canned response, `times` times.
+  async route({ page, pattern, status, headers, body, times }) {
+    await getPage(page).page.route(pattern, (r) => r.fulfill({ status, headers: headers || {}, body: body || '' }),
+      { times: times || undefined });
+    return null;
   },
   async logs({ page }) { return getPage(page).logs; },
   async close({ page }) { await getPage(page).context.close(); pages.delete(page); return null; },
