@@ -143,6 +143,9 @@ def test_a_locked_database_stalls_no_other_client(tmp_path, start_server):
     finally:
         holder.kill()
         holder.wait(10)
-    assert slowest < 0.05, f"a poll took {slowest * 1000:.0f} ms while the database was locked"
-    assert max(lags) < 0.05, f"the gevent loop stalled {max(lags) * 1000:.0f} ms"
+    # On the hub, sqlite would stall everything for the whole second the lock is held.
+    # The bench's figure is a few ms (bench/RESULTS-backends.md); 200 ms leaves room
+    # for a loaded CI machine while still telling a blocked loop apart.
+    assert slowest < 0.2, f"a poll took {slowest * 1000:.0f} ms while the database was locked"
+    assert max(lags) < 0.2, f"the gevent loop stalled {max(lags) * 1000:.0f} ms"
     assert [e["id"] for e in reader.register("news", since=1, timeout=0)["events"]] == [2]

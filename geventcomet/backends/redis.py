@@ -1,0 +1,437 @@
+"""The Redis backend: shared history, ids and registrations for many processes and machines.
+
+How this works
+--------------
+Redis holds the truth; pub/sub is only a hint (PITFALLS §2.6).
+
+- **Publish** is one Lua script: create the epoch if Redis has none, dedupe by
+  idempotency key, ``HINCRBY`` the channel's seq, ``XADD`` the encoded event to
+  the channel's stream (bounded by count, aged out by time), and ``PUBLISH`` a
+  wake-up carrying the event. All of it or none of it. redis-py's automatic
+  retries are off for publish, so a command cut off by a dropped connection is
+  never silently sent twice: it raises :class:`~geventcomet.errors.BackendError`
+  (the app answers 503) and the caller retries, with an ``Idempotency-Key`` to
+  store the event once.
+- **Epoch.** One key, ``gc:epoch``, created when missing by any script. If Redis
+  loses its data, the next script creates a new epoch, so every cursor from before
+  gets ``recovered: false`` instead of a silent skip.
+- **Wake-ups.** ONE pub/sub connection and listener greenlet per process, whatever
+  the number of waiting clients. Each message carries the channel, seq, epoch and
+  encoded event; the listener appends it to a short in-process tail of the channel
+  and wakes local waiters, who mostly read that tail instead of Redis: a fan-out
+  to N waiters costs one Redis message per process, not N reads.
+- **No silent loss.** A tail is used only while it is contiguous and younger than
+  the age limit; anything else is read from the stream. When the listener loses
+  its connection it drops every tail, reconnects with capped backoff, and after
+  resubscribing wakes every local channel: wake-ups may have been missed, and the
+  waiters re-read Redis, where the cursor and epoch decide.
+- **Registrations** live in one sorted set scored by expiry time. A poll refreshes
+  its client at most every ``min(client_ttl / 4, 30 s)`` from each process (the
+  score covers the gap), so the long-poll cycle does not pay a write per poll.
+
+Keys: ``gc:epoch``, ``gc:seq`` (hash channel -> last seq), ``gc:s:CHANNEL``
+(stream), ``gc:i:CHANNEL:KEY`` (idempotency), ``gc:clients`` (sorted set), and
+the pub/sub channel ``gc:wake``. A single Redis (or a primary); not Redis Cluster.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from itertools import islice
+
+import gevent
+import redis
+from gevent.event import Event
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+from .. import protocol
+from ..config import Config
+from ..errors import BackendError, Unavailable
+from . import Backend, ChannelRead
+
+log = logging.getLogger(__name__)
+
+PREFIX = "gc:"
+#: Events of a channel kept in each process for readers woken by a publish.
+TAIL_EVENTS = 64
+#: Channels with a tail in one process; beyond this, the oldest tenth is dropped.
+MAX_TAILS = 200_000
+#: Backoff of the wake-up listener's reconnects: doubling from the first to the cap.
+RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.05, 2.0
+#: Connections per pool (one pool for publishes, one for reads) in each process.
+POOL_CONNECTIONS = 16
+#: How many registrations ``expire_idle`` deletes at once.
+EXPIRE_BATCH = 1000
+
+_PUBLISH = """
+-- KEYS: epoch, seq hash, stream, idempotency key (unused unless ARGV[9] == '1')
+-- ARGV: channel, event prefix, event suffix, candidate epoch, backlog, age ms,
+--       idempotency ttl ms, origin, has key, wake channel
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
+end
+if ARGV[9] == '1' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return {epoch, tonumber(seen), 1} end
+end
+local seq = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local encoded = ARGV[2] .. seq .. ARGV[3]
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], seq .. '-0', 't', now, 'e', encoded)
+local cutoff = now - tonumber(ARGV[6])
+for i = 1, 100 do
+  local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) >= cutoff then break end
+  redis.call('XDEL', KEYS[3], head[1][1])
+end
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[6]) + 1000)
+if ARGV[9] == '1' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[7]) end
+redis.call('PUBLISH', ARGV[10], ARGV[1] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[8] .. '\\n' .. encoded)
+return {epoch, seq, 0}
+"""
+
+_READ = """
+-- KEYS: epoch, seq hash, stream
+-- ARGV: channel, since ('' none), cursor epoch ('' none), candidate epoch, age ms
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
+end
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
+local first = last + 1
+for i = 1, 100 do
+  local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+  if #head == 0 then break end
+  if tonumber(head[1][2][2]) >= cutoff then
+    first = tonumber(string.match(head[1][1], '^(%d+)'))
+    break
+  end
+  redis.call('XDEL', KEYS[3], head[1][1])
+end
+local lo = first
+if ARGV[3] == '' or ARGV[3] == epoch then
+  if ARGV[2] == '' then return {epoch, last, first} end
+  local since = tonumber(ARGV[2])
+  if since >= last then return {epoch, last, first} end
+  if since + 1 > first then lo = since + 1 end
+end
+local out = {epoch, last, first}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[3], lo .. '-0', '+')) do
+  out[#out + 1] = entry[2][4]
+end
+return out
+"""
+
+_EXPIRE = """
+-- KEYS: clients, seq hash; ARGV: now, stream key prefix, limit
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, client in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], client)
+  redis.call('HDEL', KEYS[2], '@' .. client)
+  redis.call('DEL', ARGV[2] .. '@' .. client)
+end
+return gone
+"""
+
+
+class RedisUnavailable(BackendError, Unavailable):
+    """Redis did not answer a read: the poll gets 503 + Retry-After, like a refused notify."""
+
+
+class _Tail:
+    """The last few events of a channel as seen by this process: seqs ``first..last``, contiguous."""
+
+    __slots__ = ("first", "last", "events")
+
+    def __init__(self, last: int) -> None:
+        self.first = last + 1
+        self.last = last
+        self.events: deque[tuple[float, bytes]] = deque()  # (monotonic arrival, encoded)
+
+
+def _client(url: str, max_connections: int, **kwargs) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5.0, **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def _redact(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+class RedisBackend(Backend):
+    """Shared backend over one Redis; see the module docstring."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._url = _redact(config.backend)
+        common = dict(socket_connect_timeout=2.0, socket_keepalive=True)
+        try:
+            # Bounded pools: a ramp of thousands of polls waits for a connection
+            # instead of opening thousands (each costs an fd here and in Redis).
+            # Publishes are never retried by redis-py (a retried XADD could store twice).
+            self._writer = _client(config.backend, POOL_CONNECTIONS, retry=Retry(NoBackoff(), 0),
+                                   socket_timeout=5.0, **common)
+            # Reads and registrations are idempotent: retry them briefly across a blip.
+            self._reader = _client(config.backend, POOL_CONNECTIONS,
+                                   retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                                   retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                                   socket_timeout=5.0, **common)
+            self._subscriber = _client(config.backend, 2, retry=Retry(NoBackoff(), 0),
+                                       health_check_interval=15, **common)
+        except ValueError as exc:
+            raise ValueError(f"bad Redis URL {self._url!r}: {exc}") from None
+        self._publish_script = self._writer.register_script(_PUBLISH)
+        self._read_script = self._reader.register_script(_READ)
+        self._expire_script = self._reader.register_script(_EXPIRE)
+        self._origin = secrets.token_hex(4)
+        self._age_ms = max(int(config.backlog_age_s * 1000), 1)
+        self._tail_events = min(TAIL_EVENTS, config.backlog)
+        self._refresh_s = min(config.client_ttl_s / 4, 30.0)
+        self._tails: dict[str, _Tail] = {}
+        self._generation = 0  # bumped whenever the tails are dropped
+        self._refreshed: dict[str, float] = {}  # client -> when this process last wrote it
+        self._wake = lambda channel: 0
+        self._closing = False
+        self._stop = Event()
+        self._subscribed = Event()
+        self._listener: gevent.Greenlet | None = None
+        try:
+            self._writer.set(PREFIX + "epoch", secrets.token_hex(4), nx=True)
+            self.epoch = self._writer.get(PREFIX + "epoch").decode()
+        except redis.RedisError as exc:
+            self._disconnect()
+            raise BackendError(f"cannot reach Redis at {self._url}: {exc}") from None
+
+    def start(self, wake) -> None:
+        self._wake = wake
+        self._listener = gevent.spawn(self._listen)
+        if not self._subscribed.wait(5.0):
+            log.warning("Redis wake-up listener not subscribed after 5 s; it keeps trying")
+
+    # -- publish and read --------------------------------------------------
+
+    def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:
+        prefix = protocol.event_prefix(channel)
+        suffix = b',"data":' + data_json.encode() + b"}"
+        idem = f"{PREFIX}i:{channel}:{idempotency_key}" if idempotency_key is not None else PREFIX + "epoch"
+        try:
+            epoch, seq, duplicate = self._publish_script(
+                keys=[PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem],
+                args=[channel, prefix, suffix, secrets.token_hex(4), self._config.backlog, self._age_ms,
+                      int(self._config.idempotency_ttl_s * 1000), self._origin,
+                      "1" if idempotency_key is not None else "0", PREFIX + "wake"])
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis did not acknowledge the publish: {exc}") from None
+        epoch = epoch.decode()
+        if epoch != self.epoch:
+            self._new_epoch(epoch)
+        if not duplicate:
+            self._apply(channel, seq, prefix + str(seq).encode() + suffix, own=True)
+        return seq
+
+    def read(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
+        tail = self._tails.get(channel)
+        if tail is not None and (epoch is None or epoch == self.epoch):
+            last = tail.last
+            if since is None or since == last:
+                return ChannelRead([], last, True, self.epoch)
+            if tail.first - 1 <= since < last:
+                skip = since + 1 - tail.first
+                oldest = tail.events[skip][0]
+                if oldest >= time.monotonic() - self._config.backlog_age_s:
+                    return ChannelRead([e for _, e in islice(tail.events, skip, None)], last, True, self.epoch)
+        return self._read_redis(channel, since, epoch)
+
+    def _read_redis(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
+        generation = self._generation
+        try:
+            reply = self._read_script(
+                keys=[PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel],
+                args=[channel, "" if since is None else since, epoch or "", secrets.token_hex(4), self._age_ms])
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"Redis did not answer a read: {exc}", retry_after_s=1) from None
+        current, last, first, encoded = reply[0].decode(), int(reply[1]), int(reply[2]), reply[3:]
+        if current != self.epoch:
+            self._new_epoch(current)
+        elif generation == self._generation and channel not in self._tails:
+            self._add_tail(channel, _Tail(last))  # later reads of this channel start here
+        plan = protocol.plan_read(since, first, last, epoch in (None, current))
+        start = first if since is None or epoch not in (None, current) else max(since + 1, first)
+        events = list(encoded[max(plan.after + 1 - start, 0):]) if plan.after < last else []
+        return ChannelRead(events, last, plan.recovered, current)
+
+    # -- the local tails and wake-ups --------------------------------------
+
+    def _apply(self, channel: str, seq: int, encoded: bytes, own: bool) -> None:
+        """A publish Redis acknowledged (ours, or another process's through pub/sub)."""
+        tail = self._tails.get(channel)
+        if tail is None:
+            tail = self._add_tail(channel, _Tail(seq - 1))
+        if seq <= tail.last:
+            # Already applied (and woken). Another process's event may still be news to
+            # a waiter that read Redis before this tail began: wake, it costs a re-read.
+            if not own:
+                self._wake(channel)
+            return
+        if seq != tail.last + 1:  # a gap: the tail restarts here; older reads go to Redis
+            tail.events.clear()
+            tail.first = seq
+        tail.events.append((time.monotonic(), encoded))
+        tail.last = seq
+        if len(tail.events) > self._tail_events:
+            tail.events.popleft()
+            tail.first += 1
+        self._wake(channel)
+
+    def _add_tail(self, channel: str, tail: _Tail) -> _Tail:
+        tails = self._tails
+        if len(tails) >= MAX_TAILS:  # oldest first; a dropped tail only costs Redis reads
+            for name in list(islice(tails, MAX_TAILS // 10)):
+                del tails[name]
+        tails[channel] = tail
+        return tail
+
+    def _on_message(self, data: bytes) -> None:
+        channel, seq, epoch, origin, encoded = data.split(b"\n", 4)
+        epoch_text = epoch.decode()
+        if epoch_text != self.epoch:
+            self._new_epoch(epoch_text)
+        self._apply(channel.decode(), int(seq), encoded, own=origin.decode() == self._origin)
+
+    def _new_epoch(self, epoch: str) -> None:
+        log.warning("Redis epoch changed %s -> %s: history was lost; clients resuming get recovered=false",
+                    self.epoch, epoch)
+        self.epoch = epoch
+        self._drop_tails()
+        self._wake_all()
+
+    def _drop_tails(self) -> None:
+        self._tails.clear()
+        self._generation += 1
+
+    def _wake_all(self) -> None:
+        hub = getattr(self._wake, "__self__", None)
+        channels = list(hub.channel_waiters()) if hasattr(hub, "channel_waiters") else list(self._tails)
+        for channel in channels:
+            self._wake(channel)
+
+    def _listen(self) -> None:
+        """The one pub/sub listener of this process: wake-ups in, reconnects with capped backoff."""
+        backoff, connected_before = RECONNECT_FIRST_S, False
+        while not self._closing:
+            pubsub = self._subscriber.pubsub()
+            try:
+                pubsub.subscribe(PREFIX + "wake")
+                while not self._closing:
+                    message = pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "message":
+                        self._on_message(message["data"])
+                    elif message["type"] == "subscribe":
+                        backoff = RECONNECT_FIRST_S
+                        if connected_before:  # redis-py resubscribed on its own: same as below
+                            self._resync()
+                        connected_before = True
+                        self._subscribed.set()
+            except (redis.RedisError, OSError, ValueError) as exc:
+                if self._closing:
+                    break
+                if connected_before:
+                    log.warning("Redis wake-up listener lost its connection (%s); retrying in %.2f s",
+                                exc, backoff)
+                self._drop_tails()  # until resubscribed, reads go to Redis
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # closing a broken connection
+                    pass
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, RECONNECT_CAP_S)
+
+    def _resync(self) -> None:
+        log.info("Redis wake-up listener resubscribed: waking every local channel to re-read")
+        self._drop_tails()
+        self._wake_all()
+
+    # -- registrations -----------------------------------------------------
+
+    def register(self, client: str) -> None:
+        now = time.monotonic()
+        written = self._refreshed.get(client)
+        if written is not None and now - written < self._refresh_s:
+            return  # this process wrote it recently; the expiry score covers the gap
+        try:
+            self._reader.zadd(PREFIX + "clients", {client: time.time() + self._config.client_ttl_s + self._refresh_s})
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis did not store the registration: {exc}") from None
+        self._refreshed[client] = now
+
+    def is_registered(self, client: str) -> bool:
+        try:
+            expires = self._reader.zscore(PREFIX + "clients", client)
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis did not answer: {exc}") from None
+        return expires is not None and expires >= time.time()
+
+    def expire_idle(self) -> list[str]:
+        try:
+            gone = [c.decode() for c in self._expire_script(
+                keys=[PREFIX + "clients", PREFIX + "seq"], args=[time.time(), PREFIX + "s:", EXPIRE_BATCH])]
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis did not expire registrations: {exc}") from None
+        for client in gone:
+            self._tails.pop(protocol.private_channel(client), None)
+        cutoff = time.monotonic() - self._refresh_s
+        for client in [c for c, t in self._refreshed.items() if t < cutoff]:
+            del self._refreshed[client]
+        return gone
+
+    def counts(self) -> dict[str, int]:
+        try:
+            with self._reader.pipeline(transaction=False) as pipe:
+                pipe.zcount(PREFIX + "clients", time.time(), "+inf")
+                pipe.hlen(PREFIX + "seq")
+                clients, channels = pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis did not answer: {exc}") from None
+        return {"clients": clients, "channels": channels}
+
+    def channel_names(self, limit: int) -> list[str]:
+        names = []
+        try:
+            for name, _ in self._reader.hscan_iter(PREFIX + "seq", count=max(limit, 100)):
+                if not name.startswith(b"@"):
+                    names.append(name.decode())
+                    if len(names) >= limit:
+                        break
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis did not answer: {exc}") from None
+        return names
+
+    def close(self) -> None:
+        self._closing = True
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.kill(timeout=2)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        for client in (self._writer, self._reader, self._subscriber):
+            try:
+                client.connection_pool.disconnect()  # ours, so Redis.close() would leave it open
+            except Exception:  # best effort at shutdown
+                pass

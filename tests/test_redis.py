@@ -1,0 +1,184 @@
+"""Redis: no silent loss across a redis-server restart, idempotent retries, one listener per process.
+
+Everything runs against the session's private redis-server (tests/services.py),
+which really is stopped and started again; servers are real, on loopback ports.
+"""
+import json
+import subprocess
+import sys
+import time
+
+import gevent
+import pytest
+import redis
+import requests
+from gevent.event import Event
+
+from geventcomet import Config
+from geventcomet.backends import open_backend
+from geventcomet.errors import BackendError
+
+from .helpers import Comet
+from .services import free_port
+
+
+@pytest.fixture
+def redis_servers(start_server, redis_url):
+    """Factory: in-process servers sharing the test's Redis, as separate workers would."""
+
+    def start(**overrides):
+        backend = open_backend(Config(backend=redis_url, **overrides))
+        return start_server(backend=backend, **overrides)
+
+    return start
+
+
+def poll_forever(url, channel, log, stop):
+    """A client polling with its cursor; records every reply's events, epoch and recovered flag."""
+    http, cursor = requests.Session(), None
+    while not stop.is_set():
+        params = {"channel": channel, "timeout": 1, "client": "poller"}
+        if cursor:
+            params["since"] = cursor
+        try:
+            reply = http.get(url + "/register", params=params, timeout=10)
+        except requests.RequestException:
+            gevent.sleep(0.05)
+            continue
+        if reply.status_code != 200:  # 503 while Redis is down: poll again with the same cursor
+            gevent.sleep(0.05)
+            continue
+        body = reply.json()
+        log.append(body)
+        cursor = body["cursor"]
+
+
+def notify_with_retries(url, channel, n, acked):
+    """Notify ``n`` with an Idempotency-Key, retrying 503s and dropped connections until acknowledged."""
+    http = requests.Session()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            reply = http.post(url + "/notify", json={"channel": channel, "data": n},
+                              headers={"Idempotency-Key": f"n-{n}"}, timeout=10)
+        except requests.RequestException:
+            gevent.sleep(0.05)
+            continue
+        if reply.status_code == 200:
+            acked.append((n, time.monotonic()))
+            return
+        assert reply.status_code == 503 and reply.headers.get("Retry-After"), reply.text
+        gevent.sleep(0.05)
+    raise AssertionError(f"notify {n} never acknowledged")
+
+
+def test_restart_of_redis_during_notifies_loses_nothing_silently(redis_servers, redis_server):
+    reader, writer = redis_servers(), redis_servers()  # two "workers" on one Redis
+    replies, acked, stop = [], [], Event()
+    poller = gevent.spawn(poll_forever, reader.url, "news", replies, stop)
+    reader.wait_waiting(1)
+    restarted_at = None
+    for n in range(300):
+        notify_with_retries(writer.url, "news", n, acked)
+        if n == 150:
+            redis_server.restart()  # every key is gone: a new epoch, ids start again
+            restarted_at = time.monotonic()
+    with gevent.Timeout(10, AssertionError("the poller never caught up")):
+        while not any(e["data"] == 299 for r in replies for e in r["events"]):
+            gevent.sleep(0.02)
+    stop.set()
+    poller.join(timeout=5)
+
+    delivered = {e["data"] for r in replies for e in r["events"]}
+    epochs = [r["epoch"] for r in replies]
+    assert len(set(epochs)) == 2, "the restart must show up as a new epoch"
+    first_new = epochs.index(epochs[-1])
+    assert replies[first_new]["recovered"] is False  # the loss is reported, not skipped
+    for n, at in acked:
+        if at > restarted_at:
+            assert n in delivered, f"event {n} was acknowledged after the restart and never delivered"
+    lost = {n for n, at in acked if at <= restarted_at} - delivered
+    assert all(n > 100 for n in lost)  # only what Redis held when it died, and that was reported
+    assert set(range(152, 300)) <= delivered
+    for epoch in set(epochs):  # within an epoch: ids contiguous, no duplicates
+        got = [e["id"] for r in replies if r["epoch"] == epoch for e in r["events"]]
+        assert got == list(range(got[0], got[0] + len(got)))
+
+
+def test_a_retry_after_a_dropped_connection_stores_one_event(redis_url):
+    backend = open_backend(Config(backend=redis_url))
+    backend.start(lambda channel: 0)
+    try:
+        assert backend.publish("news", '"warm-up"') == 1
+        admin = redis.Redis.from_url(redis_url)
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # the pooled connection dies
+        try:
+            first = backend.publish("news", '"once"', "key-1")
+        except BackendError:
+            first = None  # not acknowledged (redis-py did not retry it behind our back)
+        second = backend.publish("news", '"once"', "key-1")  # the caller's retry, same key
+        assert first in (None, second) and second == 2
+        assert backend.publish("news", '"once"', "key-1") == 2
+        read = backend.read("news", 1, backend.epoch)
+        assert [json.loads(e)["data"] for e in read.events] == ["once"]
+    finally:
+        backend.close()
+
+
+def test_notify_answers_503_while_redis_is_down_and_works_after(redis_servers, redis_server):
+    server = redis_servers()
+    comet = Comet(server.url)
+    assert comet.notify("news", 1)["id"] == 1
+    redis_server.stop()
+    try:
+        reply = requests.post(server.url + "/notify", json={"channel": "news", "data": 2}, timeout=10)
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"
+        assert "Redis" in reply.json()["error"]
+    finally:
+        redis_server.start()
+    with gevent.Timeout(10):
+        while True:  # the writer's pool reconnects on the next publish
+            reply = requests.post(server.url + "/notify", json={"channel": "news", "data": 3}, timeout=10)
+            if reply.status_code == 200:
+                break
+            gevent.sleep(0.05)
+    assert reply.json()["id"] == 1  # a new epoch: Redis lost everything
+
+
+def test_a_notify_on_one_process_wakes_waiters_on_another(redis_servers):
+    a, b = redis_servers(), redis_servers()
+    polls = [gevent.spawn(Comet(a.url).register, "news", timeout=10) for _ in range(20)]
+    a.wait_waiting(20)
+    assert Comet(b.url).notify("news", {"x": 1})["id"] == 1
+    for poll in polls:
+        assert poll.get(timeout=5)["events"] == [{"channel": "news", "id": 1, "data": {"x": 1}}]
+
+
+def test_targeted_client_notify_crosses_processes(redis_servers):
+    a, b = redis_servers(), redis_servers()
+    poll = gevent.spawn(Comet(a.url).register, "news", client="alice", timeout=10)
+    a.wait_waiting(1)
+    assert Comet(b.url).notify(client="alice", data="hi")["id"] == 1
+    assert poll.get(timeout=5)["events"] == [{"channel": "@alice", "id": 1, "data": "hi"}]
+    Comet(b.url).notify(client="nobody", data="x", expect=404)
+
+
+def test_one_pubsub_connection_per_process_whatever_the_waiters(redis_servers, redis_url):
+    server = redis_servers()
+    polls = [gevent.spawn(Comet(server.url).register, f"ch{i}", timeout=10) for i in range(50)]
+    server.wait_waiting(50)
+    clients = redis.Redis.from_url(redis_url).client_list()
+    assert sum(1 for c in clients if int(c.get("sub", 0)) > 0) == 1
+    assert len(clients) <= 1 + 2 * 16 + 1  # bounded pools, not one connection per waiter
+    gevent.killall(polls, timeout=5)
+
+
+def test_unreachable_redis_is_a_clear_startup_error():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(BackendError, match="cannot reach Redis"):
+        open_backend(Config(backend=url))
+    proc = subprocess.run([sys.executable, "-m", "geventcomet", "serve", "--port", "0", "--backend", url],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "cannot start: cannot reach Redis at redis://127.0.0.1" in proc.stderr
+    assert "Traceback" not in proc.stderr
