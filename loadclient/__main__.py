@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notify-rate", type=_rate, default=0.0,
                    help="events/s over all channels (default 0: none; 'max': as fast as accepted)")
     p.add_argument("--notify-count", type=int, default=None, help="stop after this many events")
-    p.add_argument("--notify-connections", type=int, default=4, help="parallel notify connections")
+    p.add_argument("--notify-connections", type=int, default=8, help="parallel notify connections")
     p.add_argument("--poll-timeout", type=float, default=20.0, help="timeout each poll asks for (s)")
     p.add_argument("--procs", type=int, default=1, help="processes holding the clients")
     p.add_argument("--source-ips", default=None,

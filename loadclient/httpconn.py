@@ -29,14 +29,25 @@ class HTTPError(Exception):
 
 
 class Reply:
-    """One HTTP response: ``status`` (int), lower-cased ``headers`` and raw ``body`` bytes."""
+    """One HTTP response: ``status`` (int), raw ``body`` bytes, and :attr:`headers` on demand."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("status", "head", "body", "_headers")
 
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, status: int, head: bytes, body: bytes) -> None:
         self.status = status
-        self.headers = headers
+        self.head = head
         self.body = body
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-cased header names -> values (parsed on first use: most replies never need it)."""
+        if self._headers is None:
+            self._headers = {}
+            for line in self.head.decode("latin-1").split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                self._headers[name.strip().lower()] = value.strip()
+        return self._headers
 
 
 class Connection:
@@ -89,9 +100,14 @@ class Connection:
                 f"Content-Length: {len(body)}\r\n\r\n" if body or method == "POST" else
                 f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n{headers}\r\n")
         sock = self.sock
+        data = head.encode("latin-1") + body
         try:
             sock.settimeout(timeout_s or self.timeout_s)
-            sock.sendall(head.encode("latin-1") + body)
+            # One send() is enough for a request this small; gevent's sendall() would
+            # also ask the kernel for SO_SNDBUF on every call.
+            sent = sock.send(data)
+            if sent < len(data):
+                sock.sendall(data[sent:])
             return self._read_reply(sock)
         except HTTPError:
             self.close()
@@ -115,19 +131,18 @@ class Connection:
             if not chunk:
                 raise HTTPError("closed" if not buf else "bad_reply", "connection closed before a reply")
             buf += chunk
-        lines = buf[:end].decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise HTTPError("bad_reply", repr(lines[0][:80]))
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        head = buf[:end]
+        # Fast path on the bytes: status, Content-Length, Connection: close are all we need.
+        if head[:7] != b"HTTP/1." or not head[9:12].isdigit():
+            raise HTTPError("bad_reply", repr(head[:80]))
+        status = int(head[9:12])
+        lower = head.lower()
+        if b"\r\ntransfer-encoding:" in lower and b"chunked" in lower:
             raise HTTPError("bad_reply", "chunked replies are not supported")
+        close = b"\r\nconnection: close" in lower or head[5:8] == b"1.0"
         rest = buf[end + 4:]
-        length = headers.get("content-length")
-        if length is None:  # body ends when the server closes
+        at = lower.find(b"\r\ncontent-length:")
+        if at < 0:  # the body ends when the server closes
             while True:
                 chunk = sock.recv(RECV_BYTES)
                 if not chunk:
@@ -135,18 +150,18 @@ class Connection:
                 rest += chunk
             self.close()
             self._buf = b""
-            return Reply(int(parts[1]), headers, rest)
-        need = int(length)
+            return Reply(status, head, rest)
+        stop = lower.find(b"\r\n", at + 2)
+        need = int(lower[at + 17:stop if stop >= 0 else len(lower)])
         while len(rest) < need:
             chunk = sock.recv(max(RECV_BYTES, need - len(rest)))
             if not chunk:
                 raise HTTPError("bad_reply", "connection closed inside a body")
             rest += chunk
         self._buf = rest[need:]
-        reply = Reply(int(parts[1]), headers, rest[:need])
-        if headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0":
+        if close:
             self.close()
-        return reply
+        return Reply(status, head, rest[:need])
 
 
 def split_url(url: str) -> tuple[str, int]:

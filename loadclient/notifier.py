@@ -40,7 +40,7 @@ class Notifier:
     :param idempotency: send an ``Idempotency-Key`` with every notify.
     """
 
-    def __init__(self, url: str, channels: Sequence[str], report, *, connections: int = 4,
+    def __init__(self, url: str, channels: Sequence[str], report, *, connections: int = 8,
                  source: str | None = None, idempotency: bool = True, run_id: str | None = None) -> None:
         host, port = split_url(url)
         self.channels = list(channels)
@@ -148,8 +148,10 @@ class Notifier:
 
     def _drain(self, index: int, conn: Connection, queue: Queue) -> None:
         for channel in queue:
-            if channel is None or self._stop.is_set():
+            if channel is None:
                 return
+            if self._stop.is_set():
+                continue  # keep taking what the pacer queued, so it never blocks on put
             with self._locks[index]:
                 self._send(conn, channel, None)
 

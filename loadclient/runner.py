@@ -51,7 +51,7 @@ class Options:
     #: stop publishing after this many events (None: until ``duration`` ends)
     notify_count: int | None = None
     #: notify connections working in parallel (each owns a share of the channels)
-    notify_connections: int = 4
+    notify_connections: int = 8
     #: ``timeout`` each long-poll asks the server for, seconds
     poll_timeout: float = 20.0
     #: processes holding the clients (the notifier stays in this one)

@@ -36,8 +36,11 @@ class RemoteGroup:
     """A :class:`~loadclient.group.ClientGroup` in a child process, seen from the parent."""
 
     def __init__(self, spec: dict) -> None:
+        # The worker must import this very loadclient, whatever the current directory.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen([sys.executable, "-m", "loadclient.worker"], stdin=PIPE,
-                                     stdout=PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     stdout=PIPE, env={**os.environ, "PYTHONPATH": path})
         self.report = Report()
         self.ready = Event()
         self._final: AsyncResult = AsyncResult()
