@@ -75,6 +75,9 @@ def make_server(config: Config, app: CometApp | None = None, listener=None) -> C
 
 def serve(config: Config, listener=None) -> int:
     """Serve until SIGTERM/SIGINT, then stop gracefully. Returns the exit status."""
+    if config.workers > 1:  # a supervisor of N processes, each running the code below
+        from .workers import run_workers
+        return run_workers(config)
     raise_open_file_limit()
     server = make_server(config, listener=listener)
     server.start()

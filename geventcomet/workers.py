@@ -1,0 +1,230 @@
+"""``geventcomet serve --workers N``: N server processes on one port, over a shared backend.
+
+How this works
+--------------
+The parent (this module's :func:`run_workers`) is a small supervisor that serves no
+request. It checks that the backend is shared and reachable, reserves the port
+(a bound, never listening ``SO_REUSEPORT`` socket, so ``--port 0`` picks one port
+for all), then starts N worker processes. Each worker binds its own listening
+socket to that port with ``SO_REUSEPORT``, so the kernel spreads new connections
+across the workers, and runs the ordinary server. A notify reaching any worker
+wakes waiters on all of them through the backend (Redis pub/sub); a client may
+poll a different worker every time because its cursor, not the worker, holds its
+position.
+
+- A worker that dies is replaced (with a growing pause if it keeps dying at
+  once); its clients' connections break, they re-poll with their cursor, land on
+  a live worker and lose nothing.
+- SIGTERM or SIGINT to the parent forwards SIGTERM to every worker, which stops
+  gracefully (held polls answered with a reconnect reply), then the parent exits 0.
+- A worker whose parent disappears stops too.
+- Every response carries ``X-Geventcomet-Worker: PID``, to see the spreading.
+
+The memory backend is refused: each worker would keep its own events and
+registrations, so a notify reaching one worker would never wake a client held by
+another. SQLite is refused as well: its wake-ups do not cross processes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import gevent
+from gevent.event import Event
+
+from .config import Config
+
+log = logging.getLogger("geventcomet.workers")
+
+#: Environment variable carrying a worker's configuration (JSON) from the parent.
+WORKER_ENV = "GEVENTCOMET_WORKER_CONFIG"
+#: A worker that dies sooner than this after starting counts as crashing at start.
+QUICK_DEATH_S = 2.0
+#: Pause before replacing a worker that keeps crashing at start: doubling up to this.
+RESTART_PAUSE_CAP_S = 5.0
+#: How long workers get to stop gracefully before they are killed.
+STOP_TIMEOUT_S = 10.0
+#: How long all workers get to start listening.
+START_TIMEOUT_S = 30.0
+_WORKER_CMD = ("from gevent import monkey; monkey.patch_all(); "
+               "from geventcomet.workers import worker_main; worker_main()")
+
+
+def check_shared_backend(config: Config) -> None:
+    """Refuse backends that several processes cannot share, saying why."""
+    scheme = config.backend.split(":", 1)[0].lower()
+    if scheme == "memory":
+        raise ValueError(
+            f"--workers {config.workers} needs a shared backend such as --backend redis://HOST:PORT/DB: "
+            "with the memory backend every worker keeps its own events and registrations, so a notify "
+            "reaching one worker would never wake clients waiting on another")
+    if scheme == "sqlite":
+        raise ValueError(
+            f"--workers {config.workers} cannot use the sqlite backend: its wake-ups do not cross "
+            "processes; use --backend redis://HOST:PORT/DB for several workers (or one sqlite worker)")
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``(host, port)`` with ``SO_REUSEPORT``, not yet listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class Supervisor:
+    """Keeps ``config.workers`` worker processes running until told to stop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stopping = Event()
+        self.procs: dict[int, subprocess.Popen] = {}  # slot -> running worker
+        self.ready: dict[int, Event] = {}
+        self.failed = Event()  # a worker died during start-up
+        self.started = False  # every worker listened once
+
+    def run(self) -> int:
+        config = self.config
+        check_shared_backend(config)
+        from .backends import open_backend
+        open_backend(config).close()  # a clear error now, rather than N crashing workers
+        reserved = reuseport_socket(config.host, config.port)
+        port = reserved.getsockname()[1]
+        worker_config = dataclasses.replace(config, workers=1, port=port)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(signum, self.stopping.set)
+        keepers = [gevent.spawn(self._keep, slot, worker_config) for slot in range(config.workers)]
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not self._all_ready():
+                if self.failed.is_set() or self.stopping.is_set() or time.monotonic() > deadline:
+                    log.error("cannot start: not every worker started listening (see the log above)")
+                    return 1
+                self.failed.wait(0.05)
+            self.started = True
+            log.info("geventcomet: all %d workers listening on http://%s:%d/ (pids %s)", config.workers,
+                     config.host, port, " ".join(str(p.pid) for p in self.procs.values()))
+            self.stopping.wait()
+            log.info("stopping %d workers", len(self.procs))
+            return 0
+        finally:
+            self.stopping.set()
+            self._stop_all()
+            gevent.killall(keepers, timeout=1)
+            reserved.close()
+
+    def _keep(self, slot: int, worker_config: Config) -> None:
+        env = {**os.environ, WORKER_ENV: json.dumps(dataclasses.asdict(worker_config))}
+        quick_deaths = 0
+        while not self.stopping.is_set():
+            ready = self.ready.setdefault(slot, Event())
+            ready.clear()
+            proc = subprocess.Popen([sys.executable, "-c", _WORKER_CMD], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self.procs[slot] = proc
+            started = time.monotonic()
+            relay = gevent.spawn(self._relay, proc, ready)
+            code = proc.wait()
+            relay.join(timeout=1)
+            if self.stopping.is_set():
+                return
+            if not self.started:
+                self.failed.set()  # during start-up: the parent reports it and exits
+                return
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH_S else 0
+            pause = min(0.1 * 2 ** quick_deaths, RESTART_PAUSE_CAP_S) if quick_deaths else 0
+            log.warning("worker %d (pid %d) exited with status %s; starting a replacement%s", slot, proc.pid,
+                        code, f" in {pause:.1f} s" if pause else "")
+            if self.stopping.wait(pause):
+                return
+
+    def _all_ready(self) -> bool:
+        return len(self.ready) == self.config.workers and all(e.is_set() for e in self.ready.values())
+
+    @staticmethod
+    def _relay(proc: subprocess.Popen, ready: Event) -> None:
+        """Copy a worker's log lines to ours; its "listening on" line means it is ready."""
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            if "listening on http://" in line:
+                ready.set()
+        sys.stderr.flush()
+
+    def _stop_all(self) -> None:
+        procs = [p for p in self.procs.values() if p.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("worker pid %d did not stop in %.0f s; killing it", proc.pid, STOP_TIMEOUT_S)
+                proc.kill()
+                proc.wait(5)
+
+
+def run_workers(config: Config) -> int:
+    """Run ``config.workers`` workers until SIGTERM/SIGINT; the exit status."""
+    return Supervisor(config).run()
+
+
+# -- inside a worker -----------------------------------------------------------
+
+def with_worker_header(app):
+    """Wrap a WSGI app so every response says which worker process answered."""
+    header = ("X-Geventcomet-Worker", str(os.getpid()))
+
+    def worker_app(environ, start_response):
+        return app(environ, lambda status, headers, exc_info=None: start_response(
+            status, [*headers, header], exc_info))
+
+    return worker_app
+
+
+def _stop_with_parent(parent: int, stop: Event) -> None:
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("the supervisor (pid %d) is gone; stopping", parent)
+            stop.set()
+
+
+def worker_main() -> None:
+    """Entry point of a worker process (monkey-patched by its command line)."""
+    from .errors import BackendError
+    from .app import make_app
+    from .server import LISTEN_BACKLOG, CometServer, raise_open_file_limit
+
+    config = Config(**json.loads(os.environ[WORKER_ENV]))
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    try:
+        raise_open_file_limit()
+        listener = reuseport_socket(config.host, config.port)
+        listener.listen(LISTEN_BACKLOG)
+        # Not make_server(): it passes a backlog, which gevent refuses with a socket.
+        server = CometServer(listener, make_app(config), config)
+    except (OSError, ValueError, BackendError) as exc:
+        log.error("cannot start worker: %s", exc)
+        sys.exit(1)
+    server.application = with_worker_header(server.application)
+    server.start()
+    log.info("geventcomet worker listening on http://%s:%d/ (max %d waiting requests)",
+             config.host, config.port, server.app.max_waiting)
+    stop = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop.set)
+    gevent.spawn(_stop_with_parent, os.getppid(), stop)
+    stop.wait()
+    log.info("stopping: answering %d held requests with reconnect", server.app.hub.waiting)
+    server.stop_gracefully()
+    sys.exit(0)

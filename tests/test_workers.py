@@ -1,0 +1,196 @@
+"""Many processes: ``serve --workers N`` over Redis, and gunicorn's gevent worker.
+
+Real processes on one real port; a worker is told apart by the
+``X-Geventcomet-Worker`` header, and a connection is "pinned" to a worker by
+opening fresh keep-alive connections until one lands there (SO_REUSEPORT spreads
+them by address hash, so a few tries suffice).
+"""
+import os
+import signal
+import subprocess
+import sys
+
+import gevent
+import pytest
+import requests
+
+from .helpers import ServerProcess
+from .services import free_port
+
+WORKER = "X-Geventcomet-Worker"
+
+
+def session_on(url, want=None, avoid=None, tries=200):
+    """A keep-alive session whose connection is served by worker ``want`` (or any but ``avoid``)."""
+    for _ in range(tries):
+        http = requests.Session()
+        pid = http.get(url + "/stats", timeout=5).headers[WORKER]
+        if (want is None or pid == want) and pid != avoid:
+            http.worker = pid
+            return http
+        http.close()
+    raise AssertionError(f"no connection reached worker {want or 'other than ' + str(avoid)}")
+
+
+def wait_waiting(http, count, timeout=5.0):
+    """Until the worker behind ``http`` holds ``count`` polls (its /stats, over the same connection)."""
+    with gevent.Timeout(timeout, AssertionError(f"worker never had {count} waiting")):
+        while http.get(http.url + "/stats", timeout=5).json()["waiting"] != count:
+            gevent.sleep(0.01)
+
+
+def poll(http, url, channel, cursor=None, timeout=10, **params):
+    query = {"channel": channel, "timeout": timeout, **params}
+    if cursor:
+        query["since"] = cursor
+    reply = http.get(url + "/register", params=query, timeout=timeout + 10)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+@pytest.fixture
+def workers(redis_url):
+    running = []
+
+    def start(n=2, *args):
+        proc = ServerProcess("--workers", str(n), "--backend", redis_url, *args)
+        running.append(proc)
+        proc.wait_log(rf"all {n} workers listening")
+        return proc
+
+    yield start
+    for proc in running:
+        proc.stop()
+
+
+def test_a_notify_on_one_worker_wakes_a_client_on_another(workers):
+    server = workers(2)
+    a = session_on(server.url)
+    b = session_on(server.url, avoid=a.worker)
+    a.url = server.url
+    waiting = gevent.spawn(poll, a, server.url, "news")
+    a_stats = session_on(server.url, want=a.worker)
+    a_stats.url = server.url
+    wait_waiting(a_stats, 1)
+    assert b.post(server.url + "/notify", json={"channel": "news", "data": "hi"}, timeout=5).json()["id"] == 1
+    reply = waiting.get(timeout=5)
+    assert reply["events"] == [{"channel": "news", "id": 1, "data": "hi"}]
+
+
+def test_a_client_alternating_workers_misses_nothing(workers):
+    server = workers(2)
+    one = session_on(server.url)
+    two = session_on(server.url, avoid=one.worker)
+    notifier = requests.Session()
+    stop = gevent.event.Event()
+    sent = []
+
+    def notify_meanwhile():
+        n = 0
+        while not stop.is_set() and n < 200:
+            n += 1
+            reply = notifier.post(server.url + "/notify", json={"channel": "news", "data": n}, timeout=5)
+            sent.append(reply.json()["id"])
+            gevent.sleep(0.002)
+
+    cursor = poll(one, server.url, "news", timeout=0, client="roamer")["cursor"]
+    job = gevent.spawn(notify_meanwhile)
+    got = []
+    for i in range(30):
+        reply = poll((one, two)[i % 2], server.url, "news", cursor, timeout=1, client="roamer")
+        assert reply["recovered"] is True
+        got.extend(e["id"] for e in reply["events"])
+        cursor = reply["cursor"]
+    stop.set()
+    job.get(timeout=10)
+    while len(got) < len(sent):  # drain what was published after the last poll
+        reply = poll(two, server.url, "news", cursor, timeout=1, client="roamer")
+        got.extend(e["id"] for e in reply["events"])
+        cursor = reply["cursor"]
+    assert got == sent == list(range(1, len(sent) + 1))
+
+
+def test_a_killed_worker_is_replaced_and_its_clients_lose_nothing(workers):
+    server = workers(2)
+    doomed = session_on(server.url)
+    first = poll(doomed, server.url, "news", timeout=0)
+    held = gevent.spawn(poll, doomed, server.url, "news", first["cursor"])
+    stats = session_on(server.url, want=doomed.worker)
+    stats.url = server.url
+    wait_waiting(stats, 1)
+    os.kill(int(doomed.worker), signal.SIGKILL)
+    with pytest.raises(requests.ConnectionError):
+        held.get(timeout=5)  # its connection dies with the worker
+    for n in range(5):  # published while the client is between polls
+        requests.post(server.url + "/notify", json={"channel": "news", "data": n}, timeout=5)
+    server.wait_log(rf"pid {doomed.worker}\) exited with status -9; starting a replacement")
+    reply = poll(requests.Session(), server.url, "news", first["cursor"], timeout=1)  # any live worker
+    assert [e["id"] for e in reply["events"]] == [1, 2, 3, 4, 5] and reply["recovered"] is True
+    with gevent.Timeout(10, AssertionError("no replacement worker answered")):
+        pids = set()
+        while len(pids - {doomed.worker}) < 2:
+            pids.add(requests.get(server.url + "/stats", timeout=5).headers[WORKER])
+
+
+def test_sigterm_to_the_parent_stops_every_worker_gracefully(workers):
+    server = workers(2)
+    held = [gevent.spawn(requests.get, server.url + "/register", params={"channel": "news", "timeout": 30},
+                         timeout=40) for _ in range(6)]
+    with gevent.Timeout(5):
+        while sum(requests.get(server.url + "/stats", timeout=5).json()["waiting"] for _ in range(4)) == 0:
+            gevent.sleep(0.02)
+    assert server.terminate(timeout=15) == 0
+    for job in held:
+        reply = job.get(timeout=5)
+        assert reply.status_code == 503 and reply.json()["reconnect"] is True
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("memory", "needs a shared backend"),
+    ("sqlite:///tmp/geventcomet-workers.db", "cannot use the sqlite backend"),
+    ("redis://127.0.0.1:{port}/0", "cannot reach Redis"),
+    ("nosuch://x", "unknown backend"),
+])
+def test_bad_backends_are_start_up_errors(backend, message):
+    proc = subprocess.run([sys.executable, "-m", "geventcomet", "serve", "--port", "0", "--workers", "2",
+                           "--backend", backend.format(port=free_port())],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gunicorn_gevent_workers_share_redis(redis_url, tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
+         "--graceful-timeout", "2", "geventcomet.wsgi:app"],
+        env={**os.environ, "GEVENTCOMET_BACKEND": redis_url}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    booted = []
+    try:
+        with gevent.Timeout(20, AssertionError("gunicorn did not boot 2 workers")):
+            for line in proc.stderr:
+                if "Booting worker" in line:
+                    booted.append(line)
+                    if len(booted) == 2:
+                        break
+        gevent.spawn(lambda: [None for _ in proc.stderr])
+        with gevent.Timeout(10, AssertionError("gunicorn is not answering")):
+            while True:
+                try:
+                    requests.get(url + "/stats", timeout=2)
+                    break
+                except requests.ConnectionError:
+                    gevent.sleep(0.05)
+        a = session_on(url)
+        b = session_on(url, avoid=a.worker)
+        a_stats = session_on(url, want=a.worker)
+        a_stats.url = url
+        waiting = gevent.spawn(poll, a, url, "news")
+        wait_waiting(a_stats, 1)
+        assert b.post(url + "/notify", json={"channel": "news", "data": 1}, timeout=5).status_code == 200
+        assert [e["data"] for e in waiting.get(timeout=5)["events"]] == [1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
