@@ -334,10 +334,11 @@ class RedisBackend(Backend):
             pubsub = self._subscriber.pubsub()
             try:
                 pubsub.subscribe(PREFIX + "wake")
-                while not self._closing:
-                    message = pubsub.get_message(timeout=5.0)
-                    if message is None:
-                        continue
+                # listen() blocks this greenlet on the socket; get_message(timeout) would
+                # poll it first, which costs more than the message itself.
+                for message in pubsub.listen():
+                    if self._closing:
+                        break
                     if message["type"] == "message":
                         self._on_message(message["data"])
                     elif message["type"] == "subscribe":

@@ -1,0 +1,213 @@
+"""Benchmarks of the durable and shared backends (issue 5); figures go to bench/RESULTS-backends.md.
+
+    python bench/bench_backends.py cycle   --redis redis://127.0.0.1:16500/0   # memory vs redis
+    python bench/bench_backends.py memory  --redis redis://127.0.0.1:16500/0   # RSS per waiting client
+    python bench/bench_backends.py sqlite                                      # durable notifies/s
+    python bench/bench_backends.py sqlite-lock                                 # pause while locked
+    python bench/bench_backends.py fanout  --redis ... --clients 100000 --workers 6 --procs 6
+
+Servers run as real processes (``python -m geventcomet serve``), clients are
+loadclient's raw-socket fake clients; every run is bounded in count and time.
+"""
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+import requests  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from loadclient import run  # noqa: E402
+from tests.helpers import ServerProcess  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (workers)."""
+    total = 0.0
+    pids = [pid]
+    try:
+        pids += [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        except OSError:
+            pass
+    return total
+
+
+def server(*args: str) -> ServerProcess:
+    return ServerProcess("--log-level", "WARNING", *args) if False else ServerProcess(*args)
+
+
+def flush(redis_url: str | None) -> None:
+    if redis_url:
+        import redis
+        redis.Redis.from_url(redis_url).flushall()
+
+
+def cycle(backend: str, redis_url: str | None, clients: int, duration: float) -> dict:
+    """1,000 clients each on its own channel, notifies as fast as accepted, re-poll after each event."""
+    flush(redis_url)
+    srv = server("--backend", backend, "--timeout", "20")
+    try:
+        cpu0 = tree_cpu_s(srv.proc.pid)
+        report = run(srv.url, clients=clients, channels=clients, duration=duration, notify_rate=-1,
+                     poll_timeout=20, progress=0, procs=1).to_dict()
+        cpu = tree_cpu_s(srv.proc.pid) - cpu0
+    finally:
+        srv.stop()
+    received = report["events_received"]
+    return {"backend": backend.split(":")[0], "deliveries_per_s": round(received / report["duration_s"]),
+            "server_cpu_ms_per_1000": round(cpu / max(received, 1) * 1e6), "lost": report["lost"],
+            "duplicated": report["duplicated"], "ok": report["ok"], "p50_ms": report["latency_ms"]["p50"],
+            "p99_ms": report["latency_ms"]["p99"]}
+
+
+def memory_per_client(backend: str, redis_url: str | None, clients: int) -> dict:
+    """RSS growth of one server process per parked long-poll."""
+    flush(redis_url)
+    srv = server("--backend", backend, "--timeout", "60")
+    try:
+        http = requests.Session()
+        base = http.get(srv.url + "/stats").json()["rss_bytes"]
+        seen = {}
+
+        def on_ready(_run):
+            stats = http.get(srv.url + "/stats").json()
+            seen.update(stats)
+
+        run(srv.url, clients=clients, channels=1, duration=1, notify_rate=0, poll_timeout=60,
+            progress=0, procs=1, on_ready=on_ready)
+    finally:
+        srv.stop()
+    return {"backend": backend.split(":")[0], "clients": clients, "waiting": seen.get("waiting"),
+            "bytes_per_client": round((seen["rss_bytes"] - base) / clients)}
+
+
+def sqlite_notifies(sync: str, duration: float) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = server("--backend", f"sqlite://{tmp}/bench.db?synchronous={sync}")
+        try:
+            report = run(srv.url, clients=50, channels=50, duration=duration, notify_rate=-1,
+                         notify_connections=32, poll_timeout=20, progress=0, procs=1).to_dict()
+        finally:
+            srv.stop()
+    return {"synchronous": sync, "durable_notifies_per_s": round(report["events_sent"] / report["duration_s"]),
+            "lost": report["lost"], "ok": report["ok"]}
+
+
+LOCK_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO meta (key, value) VALUES ('holder', 'x')")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+"""
+
+
+def sqlite_lock(hold_s: float) -> dict:
+    """Other clients' poll latency while another process holds the write lock for ``hold_s``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/lock.db"
+        srv = server("--backend", f"sqlite://{path}")
+        try:
+            http = requests.Session()
+            http.post(srv.url + "/notify", json={"channel": "news", "data": 0})
+            http.get(srv.url + "/register", params={"channel": "news", "client": "c", "timeout": 0})
+            holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, path, str(hold_s)],
+                                      stdout=subprocess.PIPE, text=True)
+            assert holder.stdout.readline().strip() == "locked"
+            blocked = gevent.spawn(requests.post, srv.url + "/notify", json={"channel": "news", "data": 1})
+            t0, worst, polls = time.perf_counter(), 0.0, 0
+            while time.perf_counter() - t0 < hold_s * 0.9:
+                t = time.perf_counter()
+                http.get(srv.url + "/register", params={"channel": "news", "client": "c", "timeout": 0,
+                                                        "since": 1})
+                worst, polls = max(worst, time.perf_counter() - t), polls + 1
+            notify_s = blocked.get(timeout=hold_s + 10)
+            waited = time.perf_counter() - t0
+            holder.wait(10)
+        finally:
+            srv.stop()
+    return {"lock_held_s": hold_s, "polls_during_lock": polls, "max_poll_ms": round(worst * 1000, 1),
+            "blocked_notify_status": notify_s.status_code, "blocked_notify_waited_s": round(waited, 2)}
+
+
+def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float) -> dict:
+    """``clients`` waiting on one channel over ``workers`` processes; one notify reaches them all."""
+    flush(redis_url)
+    srv = ServerProcess("--backend", redis_url, "--workers", str(workers), "--timeout", "120",
+                        "--max-timeout", "600", "--client-ttl", "900", ready_timeout=60)
+    try:
+        srv.wait_log(rf"all {workers} workers listening", timeout=60)
+        rss = {}
+
+        def on_ready(_run):
+            total = 0
+            for pid in open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read().split():
+                total += int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            rss["workers_rss_bytes"] = total
+
+        t0 = time.monotonic()
+        report = run(srv.url, clients=clients, channels=1, duration=5, notify_rate=1, notify_count=1,
+                     poll_timeout=300, progress=10, procs=procs, ramp=ramp, on_ready=on_ready).to_dict()
+    finally:
+        srv.stop()
+    return {"clients": clients, "workers": workers, "procs": procs, "ready_s": report["ready_s"],
+            "total_s": round(time.monotonic() - t0, 1), "received": report["events_received"],
+            "fanout_max_ms": report["latency_ms"]["max"], "fanout_p50_ms": report["latency_ms"]["p50"],
+            "lost": report["lost"], "unanswered": report["unanswered"], "errors": report["errors"],
+            "ok": report["ok"], **rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["cycle", "memory", "sqlite", "sqlite-lock", "fanout"])
+    parser.add_argument("--redis", default=None)
+    parser.add_argument("--clients", type=int, default=0)
+    parser.add_argument("--duration", type=float, default=8)
+    parser.add_argument("--workers", type=int, default=6)
+    parser.add_argument("--procs", type=int, default=6)
+    parser.add_argument("--ramp", type=float, default=0)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    print(f"# {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}", file=sys.stderr)
+    results = []
+    for _ in range(args.repeat):
+        if args.what == "cycle":
+            for backend in ("memory", args.redis):
+                results.append(cycle(backend, args.redis, args.clients or 1000, args.duration))
+        elif args.what == "memory":
+            for backend in ("memory", args.redis):
+                results.append(memory_per_client(backend, args.redis, args.clients or 5000))
+        elif args.what == "sqlite":
+            for sync in ("full", "normal"):
+                results.append(sqlite_notifies(sync, args.duration))
+        elif args.what == "sqlite-lock":
+            results.append(sqlite_lock(2.0))
+        else:
+            results.append(fanout(args.redis, args.clients or 100_000, args.workers, args.procs, args.ramp))
+    for result in results:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
