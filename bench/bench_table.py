@@ -40,7 +40,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 
 from loadclient import Options, Run  # noqa: E402
-from loadclient.resources import raise_open_file_limit  # noqa: E402
+from loadclient.resources import cpu_seconds, raise_open_file_limit  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -74,15 +74,17 @@ def step_hold_fanout(n: int, args) -> list[dict]:
     try:
         idle = _snap(server)
         opts = Options(url=server.url, clients=n, channels=1, poll_timeout=args.poll_timeout,
-                       procs=args.procs, progress=args.progress, notify_connections=1)
+                       procs=args.procs, progress=args.progress, notify_connections=1, think=args.think)
 
         def phases(the_run: Run, marks: dict) -> None:
             the_run.notify_phase(duration=args.hold)  # no notifies: the clients just hold
             marks["held"] = _snap(server)
             the_run.options.notify_rate, the_run.options.notify_count = 1.0, 1
             marks["before_fanout_cpu"] = server.cpu_s()
+            marks["lc_cpu0"] = cpu_seconds()
             the_run.notify_phase(duration=args.fanout_wait)
             marks["after"] = _snap(server)
+            marks["lc_cpu1"] = cpu_seconds()
 
         report, marks = _run_phases(server, opts, phases)
     finally:
@@ -96,10 +98,19 @@ def step_hold_fanout(n: int, args) -> list[dict]:
          "server_rss_idle_mb": round(idle["rss_bytes"] / KB / KB, 1),
          "server_rss_held_mb": round(held["rss_bytes"] / KB / KB, 1),
          "kb_per_client": round((held["rss_bytes"] - idle["rss_bytes"]) / n / KB, 2)},
-        {"step": "fanout", **base, "received": report.events_received, "last_ms": lat["max"],
+        {"step": "fanout", **base, "think_s": args.think, "received": report.events_received,
+         "last_ms": lat["max"],
+         "loadclient_fanout_cpu_s": round(marks["lc_cpu1"] - marks["lc_cpu0"], 3) if args.procs == 1 else None,
          "p50_ms": lat["p50"], "p99_ms": lat["p99"],
          "server_cpu_s": round(marks["after"]["cpu_s"] - marks["before_fanout_cpu"], 3)},
     ]
+
+
+def _phase_cpu(marks: dict, args) -> dict:
+    # With --procs 1 the load client is this process: its CPU in the measured phase.
+    if args.procs != 1:
+        return {}
+    return {"loadclient_phase_cpu_s": round(marks["lc_cpu1"] - marks["lc_cpu0"], 2)}
 
 
 def step_cycle(args, clients: int = 1000) -> list[dict]:
@@ -111,8 +122,10 @@ def step_cycle(args, clients: int = 1000) -> list[dict]:
 
         def phases(the_run: Run, marks: dict) -> None:
             marks["start"] = _snap(server)
+            marks["lc_cpu0"] = cpu_seconds()
             the_run.notify_phase()
             marks["end"] = _snap(server)
+            marks["lc_cpu1"] = cpu_seconds()
 
         report, marks = _run_phases(server, opts, phases)
     finally:
@@ -127,8 +140,8 @@ def step_cycle(args, clients: int = 1000) -> list[dict]:
              "published": end["published"] - start["published"], "delivered": delivered,
              "deliveries_per_s": round(delivered / seconds), "p50_ms": lat["p50"], "p99_ms": lat["p99"],
              "server_cpu_s": round(cpu, 2), "server_cpu_ms_per_1000": round(cpu * 1e6 / max(delivered, 1), 1),
-             "loadclient_cpu_s": round(report.cpu_s, 2), "ok": report.ok, "lost": report.lost,
-             "duplicated": report.duplicated, "unanswered": report.unanswered, "errors": report.errors}]
+             "loadclient_cpu_s": round(report.cpu_s, 2), **_phase_cpu(marks, args),
+             "ok": report.ok, "lost": report.lost, "duplicated": report.duplicated, "unanswered": report.unanswered, "errors": report.errors}]
 
 
 def step_steady(args, clients: int = 5000, rate: float = 2000.0) -> list[dict]:
@@ -140,8 +153,10 @@ def step_steady(args, clients: int = 5000, rate: float = 2000.0) -> list[dict]:
 
         def phases(the_run: Run, marks: dict) -> None:
             marks["start"] = _snap(server)
+            marks["lc_cpu0"] = cpu_seconds()
             the_run.notify_phase()
             marks["end"] = _snap(server)
+            marks["lc_cpu1"] = cpu_seconds()
 
         report, marks = _run_phases(server, opts, phases)
     finally:
@@ -153,7 +168,7 @@ def step_steady(args, clients: int = 5000, rate: float = 2000.0) -> list[dict]:
              "achieved_rate": round((end["published"] - start["published"]) / seconds),
              "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"], "max_ms": lat["max"],
              "server_cpu_s": round(end["cpu_s"] - start["cpu_s"], 2), "seconds": round(seconds, 2),
-             "loadclient_cpu_s": round(report.cpu_s, 2), "ok": report.ok, "lost": report.lost,
+             "loadclient_cpu_s": round(report.cpu_s, 2), **_phase_cpu(marks, args), "ok": report.ok, "lost": report.lost,
              "unanswered": report.unanswered, "errors": report.errors}]
 
 
@@ -211,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-timeout", type=float, default=60.0)
     p.add_argument("--hold", type=float, default=3.0, help="seconds clients hold before RSS is read")
     p.add_argument("--fanout-wait", type=float, default=3.0)
+    p.add_argument("--think", type=float, default=0.0,
+                   help="hold/fanout: clients pause this long before re-polling, so the fan-out "
+                        "is not slowed by its own re-polls")
     p.add_argument("--cycle-duration", type=float, default=10.0)
     p.add_argument("--steady-duration", type=float, default=10.0)
     p.add_argument("--article-duration", type=float, default=300.0)

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notify-count", type=int, default=None, help="stop after this many events")
     p.add_argument("--notify-connections", type=int, default=8, help="parallel notify connections")
     p.add_argument("--poll-timeout", type=float, default=20.0, help="timeout each poll asks for (s)")
+    p.add_argument("--think", type=float, default=0.0,
+                   help="pause after each reply before polling again, s (default 0)")
     p.add_argument("--procs", type=int, default=1, help="processes holding the clients")
     p.add_argument("--source-ips", default=None,
                    help="comma-separated local addresses to bind (default with --procs > 1 on "

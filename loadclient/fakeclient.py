@@ -78,6 +78,8 @@ class FakeClient:
             while self.ends < len(self.channels):
                 reply = self._poll(0.0 if final_check else group.poll_timeout_s)
                 got = self._apply(reply, time.time())
+                if got and group.think_s and not group.finishing.is_set():
+                    gevent.sleep(group.think_s)  # a browser's pause before it polls again
                 if group.finishing.is_set() and not got:
                     if final_check:  # the end marker never came: tail losses are counted later
                         break

@@ -38,17 +38,20 @@ class ClientGroup:
     :param first_index: number of this group's first client among all processes, so
         channels are spread the same way whatever the process count.
     :param source: local address each connection binds to (None: the kernel's choice).
+    :param think_s: pause after each reply before the next poll.
     :param floor_for: ``channel -> sequence`` whose publish had begun (the notifier's),
         for clients that join while notifies are running; None means 0.
     """
 
     def __init__(self, url: str, channels: Sequence[str], *, channels_per_client: int = 1,
                  poll_timeout_s: float = 20.0, first_index: int = 0, source: str | None = None,
-                 floor_for: Callable[[str], int] | None = None) -> None:
+                 floor_for: Callable[[str], int] | None = None, think_s: float = 0.0) -> None:
         self.host, self.port = split_url(url)
         self.channels = list(channels)
         self.channels_per_client = channels_per_client
         self.poll_timeout_s = poll_timeout_s
+        #: pause after each reply before polling again (0: at once)
+        self.think_s = think_s
         self.source = source
         self.floor_for = floor_for or (lambda channel: 0)
         self.report = Report()

@@ -54,6 +54,8 @@ class Options:
     notify_connections: int = 8
     #: ``timeout`` each long-poll asks the server for, seconds
     poll_timeout: float = 20.0
+    #: pause after each reply before polling again, seconds (0: at once, as a script would)
+    think: float = 0.0
     #: processes holding the clients (the notifier stays in this one)
     procs: int = 1
     #: local addresses to bind client sockets to (None: 127.0.0.2, .3 ... with procs > 1)
@@ -105,7 +107,7 @@ class Run:
             if opts.procs == 1:
                 group = ClientGroup(opts.url, self.channels, channels_per_client=opts.channels_per_client,
                                     poll_timeout_s=opts.poll_timeout, source=sources[i],
-                                    floor_for=self.notifier.floor)
+                                    floor_for=self.notifier.floor, think_s=opts.think)
                 group.add(share, opts.ramp)
             else:
                 from .worker import RemoteGroup
@@ -113,7 +115,7 @@ class Run:
                     "url": opts.url, "channels": self.channels, "clients": share,
                     "channels_per_client": opts.channels_per_client, "poll_timeout": opts.poll_timeout,
                     "first_index": first, "source": sources[i], "ramp": opts.ramp / opts.procs,
-                    "progress_interval": opts.progress or 1.0})
+                    "progress_interval": opts.progress or 1.0, "think": opts.think})
             first += share
             self.groups.append(group)
         if opts.progress > 0:

@@ -94,7 +94,7 @@ def _worker_main() -> int:
     spec = json.loads(stdin.readline())
     group = ClientGroup(spec["url"], spec["channels"], channels_per_client=spec["channels_per_client"],
                         poll_timeout_s=spec["poll_timeout"], first_index=spec["first_index"],
-                        source=spec["source"])
+                        source=spec["source"], think_s=spec.get("think", 0.0))
 
     def say(message: dict) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
