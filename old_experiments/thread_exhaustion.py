@@ -18,7 +18,7 @@ monkey-patched, so their threads are real. One command ramps the same load
 once, polls answered on time, the latency of an ordinary page (``GET /``) while
 loaded, and the server's CPU. Try it::
 
-    python -m old_experiments.thread_exhaustion --compare --clients 200 --ramp 10 --duration 30
+    python -m old_experiments.thread_exhaustion --compare --clients 200 --ramp 20 --duration 30
 
 or run one of the 2008 servers and poke it by hand::
 
@@ -32,15 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from ._common import (Child, add_server_args, child_env, cpu_seconds, format_table, log, os_threads, python_module,
+from ._common import (Child, add_server_args, cpu_seconds, format_table, log, os_threads, python_module,
                       setup_logging)
 
 MODES = ("threads", "waitpool", "geventcomet")
@@ -57,15 +55,16 @@ def server_argv(mode: str, args: argparse.Namespace) -> list[str]:
                              "--timeout", str(args.poll_timeout))
     return python_module("old_experiments.thread_exhaustion", "--mode", mode, "--workers", str(args.workers),
                          "--wait-threads", str(args.wait_threads), "--scan-interval", str(args.scan_interval),
-                         "--duration", str(args.ramp + args.duration + 120))
+                         "--duration", str(args.clients / args.ramp + args.duration + 300))
 
 
-def loadclient_argv(url: str, args: argparse.Namespace, report: Path) -> list[str]:
-    """The load, through loadclient's command line as documented in loadclient/README.md."""
-    return python_module("loadclient", url, "--clients", str(args.clients), "--ramp", str(args.ramp),
-                         "--duration", str(args.duration), "--channels", str(args.channels),
-                         "--notify-rate", str(args.notify_rate), "--poll-timeout", str(args.poll_timeout),
-                         "--json", str(report))
+def run_load(url: str, args: argparse.Namespace):
+    """The load, through loadclient's Python API (the same options as its command line)."""
+    import loadclient  # gevent-based; imported here so the 2008 servers never import gevent
+
+    return loadclient.run(url, clients=args.clients, ramp=args.ramp, duration=args.duration,
+                          channels=args.channels, notify_rate=args.notify_rate, poll_timeout=args.poll_timeout,
+                          progress=0, ready_timeout=args.clients / args.ramp + 3 * args.poll_timeout + 10)
 
 
 class Prober(threading.Thread):
@@ -97,37 +96,34 @@ class Prober(threading.Thread):
                     pass
 
 
-def measure(mode: str, args: argparse.Namespace, workdir: Path) -> dict:
+def measure(mode: str, args: argparse.Namespace) -> dict:
     """Start the server for ``mode``, run the load against it, stop it; what was seen."""
-    report_path = workdir / f"{mode}.json"
+    start = time.monotonic()
     child = Child(server_argv(mode, args))
     try:
         cpu0 = cpu_seconds(child.pid)
         # geventcomet's /stats answers at once under load; the 2008 servers log their peak at exit.
         prober = Prober(child.url, stats=(mode == "geventcomet"))
         prober.start()
-        log.info("%s: %d clients, ramp %g s, %g s of load", mode, args.clients, args.ramp, args.duration)
-        bound = args.ramp + args.duration + 2 * args.poll_timeout + 90
-        load = subprocess.run(loadclient_argv(child.url, args, report_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=bound, env=child_env())
+        log.info("%s: %d clients at %g/s, %g s of notifies", mode, args.clients, args.ramp, args.duration)
+        report = run_load(child.url, args).to_dict()
         prober.done.set()
         prober.join(PROBE_TIMEOUT_S + 5)
         cpu, threads = cpu_seconds(child.pid) - cpu0, os_threads(child.pid)
     finally:
         child.stop()
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    if not report:
-        log.error("%s: loadclient wrote no report (exit %d):\n%s", mode, load.returncode, load.stdout[-2000:])
-    held = prober.peak_waiting
+    held, server_stats = prober.peak_waiting, {}
     for line in child.lines:  # the 2008 servers' exit line: "stats {...}"
         if " stats {" in line:
-            held = json.loads(line.split(" stats ", 1)[1])["peak_waiting"]
+            server_stats = json.loads(line.split(" stats ", 1)[1])
+            held = server_stats["peak_waiting"]
     probes = sorted(prober.latencies)
-    return {"mode": mode, "held": held, "report": report, "loadclient_exit": load.returncode,
+    return {"mode": mode, "held": held, "report": report,
             "page_ms_p50": round(1000 * probes[len(probes) // 2]) if probes else None,
             "page_ms_max": round(1000 * probes[-1]) if probes else None,
             "page_failures": prober.failures, "page_probes": len(probes) + prober.failures,
-            "cpu_s": round(cpu, 2), "os_threads": threads}
+            "cpu_s": round(cpu, 2), "run_s": round(time.monotonic() - start, 1), "os_threads": threads,
+            "server_stats": server_stats}
 
 
 def table(results: list[dict], args: argparse.Namespace) -> str:
@@ -135,23 +131,25 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
     for r in results:
         rep = r["report"]
         requests = rep.get("requests", 0)
+        # loadclient gives each poll its timeout + 10 s before it calls it unanswered
         on_time = requests - rep.get("unanswered", requests) - sum(
             n for kind, n in rep.get("errors", {}).items() if kind.startswith("http_"))
+        lat = {k: f"{v:.0f}" for k, v in rep.get("latency_ms", {}).items() if v is not None}
         page = (f"{r['page_ms_p50']} / {r['page_ms_max']}" if r["page_ms_p50"] is not None else "-")
         if r["page_failures"]:
             page += f" ({r['page_failures']}/{r['page_probes']} failed)"
-        rows.append([r["mode"], f"{r['held']}", f"{rep.get('ready', '?')}/{args.clients}",
-                     f"{on_time}/{requests}", f"{rep.get('events_received', '-')} (lost {rep.get('lost', '-')})",
-                     rep.get("latency_ms", {}).get("p99", "-"), page, f"{r['cpu_s']:.2f}", r["os_threads"]])
+        rows.append([r["mode"], r["held"], f"{rep.get('ready', '?')}/{args.clients}", f"{on_time}/{requests}",
+                     rep.get("events_sent", "-"), f"{rep.get('events_received', '-')} (lost {rep.get('lost', '-')})",
+                     f"{lat.get('p50', '-')} / {lat.get('p99', '-')}", page,
+                     f"{r['cpu_s']:.2f} / {r['run_s']:.0f}", r["os_threads"]])
     return format_table(["mode", "polls held (peak)", "clients polling", "polls answered on time",
-                         "events received", "event p99 ms", "page ms p50 / max", "server CPU s",
-                         "server OS threads"], rows)
+                         "notifies accepted", "events received", "event ms p50 / p99", "page ms p50 / max",
+                         "server CPU s / run s", "server OS threads"], rows)
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="thread_exhaustion-") as tmp:
-        results = [measure(mode, args, Path(tmp)) for mode in args.modes]
-    print(f"{args.clients} clients (ramp {args.ramp:g} s) holding {args.poll_timeout:g} s long-polls for "
+    results = [measure(mode, args) for mode in args.modes]
+    print(f"{args.clients} clients (ramp {args.ramp:g}/s) holding {args.poll_timeout:g} s long-polls for "
           f"{args.duration:g} s over {args.channels} channels, {args.notify_rate:g} notifies/s; "
           f"threads: a pool of {args.workers}; waitpool: {args.wait_threads} wait threads scanning every "
           f"{args.scan_interval:g} s; {os.cpu_count()} CPUs")
@@ -176,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES),
                       help="comma-separated, from " + ",".join(MODES) + " (default all)")
     load.add_argument("--clients", type=int, default=200, help="clients at full load (default %(default)s)")
-    load.add_argument("--ramp", type=float, default=10.0, help="seconds to connect them all (default %(default)s)")
+    load.add_argument("--ramp", type=float, default=20.0, help="clients started per second (default %(default)s)")
     load.add_argument("--channels", type=int, default=10, help="channels the clients spread over (default %(default)s)")
     load.add_argument("--notify-rate", type=float, default=2.0, help="notifies per second (default %(default)s)")
     load.add_argument("--poll-timeout", type=float, default=POLL_TIMEOUT_S,
@@ -187,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.workers <= 1000 and 1 <= args.wait_threads <= 100 and 0.001 <= args.scan_interval <= 5):
         parser.error("--workers 1..1000, --wait-threads 1..100, --scan-interval 0.001..5")
     if args.compare:
-        if not (set(args.modes) <= set(MODES) and 1 <= args.clients <= 5000 and 0 < args.duration <= 600):
-            parser.error(f"--modes from {','.join(MODES)}; --clients 1..5000; --duration up to 600 s")
+        if not (set(args.modes) <= set(MODES) and 1 <= args.clients <= 5000 and args.ramp > 0 and 0 < args.duration <= 600):
+            parser.error(f"--modes from {','.join(MODES)}; --clients 1..5000; --ramp > 0; --duration up to 600 s")
         compare(args)
         return 0
     from ._thread_servers import serve

@@ -7,6 +7,7 @@ every wait is on a reply or an event, with a bound.
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import subprocess
 
@@ -218,3 +219,18 @@ def test_help_works_for_every_experiment():
     for name in ("slow_trickle", "periodic_push", "thread_exhaustion"):
         done = run_module("old_experiments." + name, "--help")
         assert done.returncode == 0 and "--duration" in done.stdout, (name, done.stderr)
+
+
+def test_thread_exhaustion_compare_drives_all_three_servers_with_loadclient(tmp_path):
+    out = tmp_path / "results.json"
+    done = run_module("old_experiments.thread_exhaustion", "--compare", "--clients", "4", "--ramp", "50",
+                      "--duration", "1", "--poll-timeout", "1", "--channels", "2", "--notify-rate", "5",
+                      "--json", str(out), timeout=35)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {"threads", "waitpool", "geventcomet"}
+    for mode, r in results.items():
+        assert r["report"]["ok"], (mode, r["report"])
+        assert r["report"]["ready"] == 4 and r["report"]["events_received"] > 0
+        assert r["page_probes"] >= 1 and r["page_failures"] == 0
+    assert all(f"| {mode} " in done.stdout for mode in results)
