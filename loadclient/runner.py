@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import gevent
@@ -92,6 +92,7 @@ class Run:
         self.stop_requested = Event()
         self._progress: gevent.Greenlet | None = None
         self._t0 = time.monotonic()
+        self._cpu0 = cpu_seconds()  # this process may have run other things before
         self.ready_s = 0.0
         self.duration_s = 0.0
 
@@ -160,7 +161,7 @@ class Run:
             self._progress.kill()
         self.notifier.close()
         total = self.snapshot(reports)
-        total.cpu_s = sum(r.cpu_s for r in reports if r is not None) + cpu_seconds()
+        total.cpu_s = sum(r.cpu_s for r in reports if r is not None) + cpu_seconds() - self._cpu0
         return total
 
     def snapshot(self, reports: list | None = None) -> Report:
@@ -218,8 +219,3 @@ def run(url: str, *, on_ready: Callable[[Run], None] | None = None,
     except BaseException:
         the_run.close()
         raise
-
-
-def options_dict(options: Options) -> dict:
-    """Options as a plain dict (for the JSON report)."""
-    return asdict(options)
