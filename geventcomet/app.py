@@ -86,7 +86,7 @@ class CometApp:
         }
         from .browser import install_routes
         install_routes(self)
-        backend.start(hub.wake)
+        backend.start(hub.wake, hub.wake_all)
         self._housekeeper = gevent.spawn(self._expire_registrations)
 
     def close(self) -> None:
@@ -156,7 +156,8 @@ class CometApp:
         self._call_backend(self.backend.register, client)
         positions = {channel: req.cursor.positions.get(channel) for channel in channels}
         sock = environ.get("geventcomet.socket") or environ.get("gunicorn.socket")
-        result = hold(self.hub, self.backend, channels, positions, req.cursor.epoch, req.timeout_s, sock)
+        result = self._call_backend(hold, self.hub, self.backend, channels, positions, req.cursor.epoch,
+                                    req.timeout_s, sock)
         cursor = protocol.encode_cursor(result.epoch, result.positions)
         if result.shutting_down:
             body = json_bytes({"error": "server is shutting down; poll again with this cursor",

@@ -115,27 +115,32 @@ class CometHandler(WSGIHandler):
         self.server = server
         self.rfile = sock.makefile("rb", RFILE_BUFFER_BYTES)
         self._requests_served = 0
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        limits = server.limits
+        # One of each per connection, restarted for every request: no timer is allocated per request.
+        self._deadline = gevent.Timeout(limits.header_timeout_s, HeaderTimeout)
+        self._idle_deadline = gevent.Timeout(limits.keepalive_timeout_s, _IdleTimeout)
+        if isinstance(address, tuple):  # TCP, not a Unix socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def read_requestline(self):
-        limits = self.server.limits
         if self._requests_served:  # between keep-alive requests: wait quietly
-            idle = self.server.idle_connections
-            if self.server.closed:
+            if self.server.closed or not self._wait_for_next_request():
                 return ""
-            idle.add(gevent.getcurrent())  # a graceful stop closes these at once
-            try:
-                with gevent.Timeout(limits.keepalive_timeout_s, _IdleTimeout):
-                    if not self.rfile.peek(1):
-                        return ""
-            except _IdleTimeout:
-                return ""
-            finally:
-                idle.discard(gevent.getcurrent())
         self._requests_served += 1
-        self._deadline = gevent.Timeout.start_new(limits.header_timeout_s, HeaderTimeout)
+        self._deadline.start()
         return super().read_requestline()
+
+    def _wait_for_next_request(self) -> bool:
+        idle, me = self.server.idle_connections, gevent.getcurrent()
+        idle.add(me)  # a graceful stop closes these at once
+        self._idle_deadline.start()
+        try:
+            return bool(self.rfile.peek(1))
+        except _IdleTimeout:
+            return False
+        finally:
+            self._idle_deadline.cancel()
+            idle.discard(me)
 
     def read_request(self, raw_requestline):
         try:
@@ -152,9 +157,11 @@ class CometHandler(WSGIHandler):
         except HeaderTimeout:  # raised while reading the request line
             return ("408", RESPONSE_408)
         finally:
-            deadline = getattr(self, "_deadline", None)
-            if deadline is not None:
-                deadline.cancel()
+            self._deadline.cancel()
+
+    def log_request(self):
+        if self.server.access_log_enabled:  # pywsgi formats the line even for its no-op log
+            super().log_request()
 
     def _handle_client_error(self, ex):
         if isinstance(ex, HeaderTimeout):

@@ -105,6 +105,13 @@ class Hub:
         self._loop.run_callback(_switch_all, waiters, Reason.WAKE)
         return len(waiters)
 
+    def wake_all(self) -> int:
+        """Wake every parked request (each re-reads its channels); return how many."""
+        waiters, self._waiters = set(self._all), {}
+        if waiters:
+            self._loop.run_callback(_switch_all, waiters, Reason.WAKE)
+        return len(waiters)
+
     def shutdown(self) -> None:
         """Wake every parked request with :attr:`Reason.SHUTDOWN`; later polls see ``closing``."""
         self.closing = True

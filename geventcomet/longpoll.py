@@ -55,6 +55,7 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: dict[
     """
     waiter = Waiter()
     hub.park(waiter, channels)  # before the first read: see the hub's docstring
+    parked = True
     loop = gevent.get_hub().loop
     timer = watcher = None
     try:
@@ -66,6 +67,10 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: dict[
                 result.shutting_down = True
                 return result
             positions, epoch = dict(result.positions), result.epoch
+            if not parked:  # woken without news for us: park, then read once more before waiting
+                hub.park(waiter, channels)
+                parked = True
+                continue
             if timer is None:
                 if timeout_s <= 0:
                     result.timeout = True
@@ -85,7 +90,8 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: dict[
                 if client_gone(sock):
                     raise ClientGone()
                 watcher.stop()  # pipelined bytes, not a hang-up: stop watching, or it spins
-            hub.park(waiter, channels)  # a wake took us out of that channel's set
+            else:  # a wake took us out of that channel's set; usually the read finds news
+                parked = False
     finally:
         hub.unpark(waiter, channels)
         if timer is not None:

@@ -40,6 +40,7 @@ class CometServer(WSGIServer):
         self.limits = config
         #: Greenlets of keep-alive connections waiting for their next request.
         self.idle_connections: set[gevent.Greenlet] = set()
+        self.access_log_enabled = config.access_log
         kwargs.setdefault("log", logging.getLogger("geventcomet.access") if config.access_log else None)
         kwargs.setdefault("error_log", logging.getLogger("geventcomet.http"))
         super().__init__(listener, app, spawn=Pool(), **kwargs)
@@ -70,7 +71,9 @@ def raise_open_file_limit() -> int:
 def make_server(config: Config, app: CometApp | None = None, listener=None) -> CometServer:
     """Build (but do not start) a server for ``config``, on ``listener`` if given."""
     app = app or make_app(config)
-    return CometServer(listener or (config.host, config.port), app, config, backlog=LISTEN_BACKLOG)
+    if listener is None:  # gevent takes a backlog only for an address it binds itself
+        return CometServer((config.host, config.port), app, config, backlog=LISTEN_BACKLOG)
+    return CometServer(listener, app, config)
 
 
 def serve(config: Config, listener=None) -> int:

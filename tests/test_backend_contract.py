@@ -29,7 +29,7 @@ def make_backend(request, tmp_path):
             url = request.getfixturevalue("redis_url")
         backend = open_backend(Config(backend=url, **overrides))
         woken = []
-        backend.start(lambda channel: woken.append(channel) or 0)
+        backend.start(lambda channel: woken.append(channel) or 0, lambda: 0)
         backend.woken = woken
         opened.append(backend)
         return backend

@@ -107,7 +107,7 @@ def test_restart_of_redis_during_notifies_loses_nothing_silently(redis_servers, 
 
 def test_a_retry_after_a_dropped_connection_stores_one_event(redis_url):
     backend = open_backend(Config(backend=redis_url))
-    backend.start(lambda channel: 0)
+    backend.start(lambda channel: 0, lambda: 0)
     try:
         assert backend.publish("news", '"warm-up"') == 1
         admin = redis.Redis.from_url(redis_url)

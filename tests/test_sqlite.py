@@ -69,13 +69,13 @@ def test_kill_9_during_notifies_loses_no_acknowledged_event(tmp_path):
 def test_restart_keeps_epoch_history_and_registrations(tmp_path):
     config = Config(backend=f"sqlite://{tmp_path}/b.db")
     backend = open_backend(config)
-    backend.start(lambda channel: 0)
+    backend.start(lambda channel: 0, lambda: 0)
     backend.register("bob")
     seqs = [backend.publish("news", json.dumps(i), f"k{i}") for i in range(5)]
     epoch = backend.epoch
     backend.close()
     again = open_backend(config)
-    again.start(lambda channel: 0)
+    again.start(lambda channel: 0, lambda: 0)
     try:
         assert again.epoch == epoch and seqs == [1, 2, 3, 4, 5]
         read = again.read("news", 2, epoch)

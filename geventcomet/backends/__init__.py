@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import abc
 import importlib
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from ..config import Config
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelRead:
+class ChannelRead(NamedTuple):
     """The answer to ``read``: the events after the client's position, and whether that is all.
 
     ``events`` are encoded event objects (``protocol.encode_event``) in seq order;
@@ -39,9 +37,14 @@ class Backend(abc.ABC):
     #: Set by subclasses: a short alphanumeric id that changes whenever history is lost.
     epoch: str
 
-    def start(self, wake: Callable[[str], int]) -> None:
-        """Begin calling ``wake(channel)`` after every publish to ``channel``, from any process."""
+    def start(self, wake: Callable[[str], int], wake_all: Callable[[], int]) -> None:
+        """Begin calling ``wake(channel)`` after every publish to ``channel``, from any process.
+
+        ``wake_all()`` wakes every local waiter: for when wake-ups may have been missed
+        (a broker reconnect) or history changed under them (a new epoch).
+        """
         self._wake = wake
+        self._wake_all = wake_all
 
     @abc.abstractmethod
     def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:

@@ -48,7 +48,7 @@ from redis.retry import Retry
 
 from .. import protocol
 from ..config import Config
-from ..errors import BackendError, Unavailable
+from ..errors import BackendError
 from . import Backend, ChannelRead
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ return gone
 """
 
 
-class RedisUnavailable(BackendError, Unavailable):
+class RedisUnavailable(BackendError):
     """Redis did not answer a read: the poll gets 503 + Retry-After, like a refused notify."""
 
 
@@ -204,6 +204,7 @@ class RedisBackend(Backend):
         self._generation = 0  # bumped whenever the tails are dropped
         self._refreshed: dict[str, float] = {}  # client -> when this process last wrote it
         self._wake = lambda channel: 0
+        self._wake_all = lambda: 0
         self._closing = False
         self._stop = Event()
         self._subscribed = Event()
@@ -215,8 +216,8 @@ class RedisBackend(Backend):
             self._disconnect()
             raise BackendError(f"cannot reach Redis at {self._url}: {exc}") from None
 
-    def start(self, wake) -> None:
-        self._wake = wake
+    def start(self, wake, wake_all) -> None:
+        self._wake, self._wake_all = wake, wake_all
         self._listener = gevent.spawn(self._listen)
         if not self._subscribed.wait(5.0):
             log.warning("Redis wake-up listener not subscribed after 5 s; it keeps trying")
@@ -262,7 +263,7 @@ class RedisBackend(Backend):
                 keys=[PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel],
                 args=[channel, "" if since is None else since, epoch or "", secrets.token_hex(4), self._age_ms])
         except redis.RedisError as exc:
-            raise RedisUnavailable(f"Redis did not answer a read: {exc}", retry_after_s=1) from None
+            raise RedisUnavailable(f"Redis did not answer a read: {exc}") from None
         current, last, first, encoded = reply[0].decode(), int(reply[1]), int(reply[2]), reply[3:]
         if current != self.epoch:
             self._new_epoch(current)
@@ -321,12 +322,6 @@ class RedisBackend(Backend):
     def _drop_tails(self) -> None:
         self._tails.clear()
         self._generation += 1
-
-    def _wake_all(self) -> None:
-        hub = getattr(self._wake, "__self__", None)
-        channels = list(hub.channel_waiters()) if hasattr(hub, "channel_waiters") else list(self._tails)
-        for channel in channels:
-            self._wake(channel)
 
     def _listen(self) -> None:
         """The one pub/sub listener of this process: wake-ups in, reconnects with capped backoff."""
