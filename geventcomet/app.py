@@ -242,7 +242,9 @@ class CometApp:
     def snapshot(self) -> dict:
         """The numbers ``/stats`` serves."""
         counts = self._call_backend(self.backend.counts)
-        return {"waiting": self.hub.waiting, **counts, **asdict(self.stats),
+        stream = getattr(self, "stream", None)  # set by browser.install_routes
+        streams = {"streams": stream.open, "streams_opened": stream.opened} if stream else {}
+        return {"waiting": self.hub.waiting, **counts, **asdict(self.stats), **streams,
                 "uptime_s": round(time.monotonic() - self.started, 3), "rss_bytes": rss_bytes(),
                 "max_waiting": self.max_waiting, "epoch": self.backend.epoch}
 
