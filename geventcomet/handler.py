@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import gevent
-from gevent.pywsgi import WSGIHandler
+from gevent.pywsgi import WSGIHandler, format_date_time
 
 from .errors import ClientGone
 
@@ -42,6 +43,17 @@ def _error_bytes(status: str, message: str) -> bytes:
 RESPONSE_408 = _error_bytes("408 Request Timeout", "request headers did not arrive in time")
 RESPONSE_431 = _error_bytes("431 Request Header Fields Too Large", "request headers are too large")
 RESPONSE_400 = _error_bytes("400 Bad Request", "malformed HTTP request")
+
+
+_date_cache = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted once per second instead of once per reply."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, format_date_time(now)]
+    return _date_cache[1]
 
 
 class HeaderTimeout(Exception):
@@ -188,6 +200,26 @@ class CometHandler(WSGIHandler):
             self.close_connection = True
             return
         super().handle_error(t, v, tb)
+
+    def finalize_headers(self):
+        if self.provided_date is None:  # pywsgi formats the date anew for every reply
+            self.provided_date = True
+            self.response_headers.append((b"Date", http_date()))
+        super().finalize_headers()
+
+    def _sendall(self, data):
+        # gevent's sendall asks the kernel for SO_SNDBUF on every call; a reply this small
+        # nearly always leaves in one send(), so try that first.
+        try:
+            sent = self.socket.send(data)
+            if sent < len(data):
+                self.socket.sendall(memoryview(data)[sent:])
+        except OSError as ex:
+            self.status = "socket error: %s" % ex
+            if self.code > 0:
+                self.code = -self.code
+            raise
+        self.response_length += len(data)
 
     def _write_with_headers(self, data):
         # One sendall for head and body: two small writes on a keep-alive
