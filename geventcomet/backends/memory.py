@@ -17,18 +17,22 @@ from ..config import Config
 from . import Backend, ChannelRead
 
 
-class _Stored(NamedTuple):
+class Stored(NamedTuple):
+    """One kept event."""
+
     seq: int
-    at: float  # monotonic time of publish, for the age limit
+    at: float  # publish time on the backend's clock, for the age limit
     encoded: bytes
 
 
-class _Channel:
+class Channel:
+    """A channel's last seq and its bounded history, oldest first."""
+
     __slots__ = ("last_seq", "history")
 
-    def __init__(self) -> None:
-        self.last_seq = 0
-        self.history: deque[_Stored] = deque()
+    def __init__(self, last_seq: int = 0) -> None:
+        self.last_seq = last_seq
+        self.history: deque[Stored] = deque()
 
 
 class MemoryBackend(Backend):
@@ -38,27 +42,39 @@ class MemoryBackend(Backend):
         self._config = config
         self._clock = clock
         self.epoch = secrets.token_hex(4)
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, Channel] = {}
         self._clients: OrderedDict[str, float] = OrderedDict()  # id -> last seen, oldest first
         self._idempotent: OrderedDict[str, tuple[float, str, int]] = OrderedDict()
 
     def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:
         now = self._clock()
-        if idempotency_key is not None:
-            self._forget_old_keys(now)
-            seen = self._idempotent.get(idempotency_key)
-            if seen is not None and seen[1] == channel:
-                return seen[2]
+        seen = self._already_published(idempotency_key, channel, now)
+        if seen is not None:
+            return seen
         state = self._channels.get(channel)
-        if state is None:
-            state = self._channels[channel] = _Channel()
-        seq = state.last_seq = state.last_seq + 1
-        state.history.append(_Stored(seq, now, protocol.encode_event(channel, seq, data_json)))
-        self._trim(state, now)
-        if idempotency_key is not None:
-            self._idempotent[idempotency_key] = (now, channel, seq)
+        seq = (state.last_seq if state else 0) + 1
+        self._store(channel, seq, now, protocol.encode_event(channel, seq, data_json), idempotency_key)
         self._wake(channel)
         return seq
+
+    def _already_published(self, key: str | None, channel: str, now: float) -> int | None:
+        """The seq an earlier publish with this idempotency key got, if it is remembered."""
+        if key is None:
+            return None
+        self._forget_old_keys(now)
+        seen = self._idempotent.get(key)
+        return seen[2] if seen is not None and seen[1] == channel else None
+
+    def _store(self, channel: str, seq: int, at: float, encoded: bytes, key: str | None) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = Channel()
+        state.last_seq = seq
+        state.history.append(Stored(seq, at, encoded))
+        self._trim(state, at)
+        if key is not None:
+            self._idempotent[key] = (at, channel, seq)
+            self._idempotent.move_to_end(key)
 
     def read(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
         state = self._channels.get(channel)
@@ -76,7 +92,7 @@ class MemoryBackend(Backend):
         events = [h.encoded for h in islice(history, max(skip, 0), None)]
         return ChannelRead(events, last, plan.recovered, self.epoch)
 
-    def _trim(self, state: _Channel, now: float) -> None:
+    def _trim(self, state: Channel, now: float) -> None:
         history, cutoff = state.history, now - self._config.backlog_age_s
         while len(history) > self._config.backlog or (history and history[0].at < cutoff):
             history.popleft()

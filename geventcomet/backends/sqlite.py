@@ -2,8 +2,8 @@
 
 How this works
 --------------
-This process keeps the same in-memory state as :mod:`.memory` (histories, seq
-counters, registrations, idempotency keys), so a poll reads memory and never
+It is a :class:`~.memory.MemoryBackend` (histories, seq
+counters, registrations, idempotency keys in memory), so a poll reads memory and never
 waits for the disk. Every change is first committed to SQLite, and only then
 applied to memory, woken, and acknowledged: a notify answered 2xx is on disk.
 
@@ -37,9 +37,6 @@ import os
 import secrets
 import sqlite3
 import time
-from collections import OrderedDict, deque
-from itertools import islice
-from typing import NamedTuple
 from urllib.parse import parse_qs
 
 import gevent
@@ -49,7 +46,7 @@ from gevent.threadpool import ThreadPool
 from .. import protocol
 from ..config import Config
 from ..errors import BackendError
-from . import Backend, ChannelRead
+from .memory import Channel, MemoryBackend, Stored
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +67,6 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY, channel TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_at ON idempotency (at);
 """
-
-
-class _Stored(NamedTuple):
-    seq: int
-    at: float  # wall-clock time of publish (it must mean the same after a restart)
-    encoded: bytes
-
-
-class _Channel:
-    __slots__ = ("last_seq", "history")
-
-    def __init__(self, last_seq: int = 0) -> None:
-        self.last_seq = last_seq
-        self.history: deque[_Stored] = deque()
 
 
 class _Publish:
@@ -120,19 +103,16 @@ def parse_url(url: str) -> tuple[str, str]:
     return path, sync.upper()
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(MemoryBackend):
     """Durable single-process backend. See the module docstring for the guarantees."""
 
     def __init__(self, config: Config, *, clock=time.time) -> None:
-        self._config = config
-        self._clock = clock
+        # The wall clock: kept events' ages must mean the same after a restart.
+        super().__init__(config, clock=clock)
         self.path, self.synchronous = parse_url(config.backend)
         self._lock_fd = self._take_file_lock()
         self._pool = ThreadPool(1)
         self._conn: sqlite3.Connection | None = None
-        self._channels: dict[str, _Channel] = {}
-        self._clients: OrderedDict[str, float] = OrderedDict()
-        self._idempotent: OrderedDict[str, tuple[float, str, int]] = OrderedDict()
         self._pending_keys: dict[str, _Publish] = {}
         self._dirty: dict[str, float] = {}  # client -> seen, not yet written
         self._queue: list = []
@@ -190,13 +170,13 @@ class SQLiteBackend(Backend):
         # in-memory state from the thread is safe.
         now, config = self._clock(), self._config
         for name, last_seq in conn.execute("SELECT name, last_seq FROM channels"):
-            self._channels[name] = _Channel(last_seq)
+            self._channels[name] = Channel(last_seq)
         rows = conn.execute("SELECT channel, seq, at, encoded FROM events WHERE at >= ? ORDER BY channel, seq",
                             (now - config.backlog_age_s,))
         for channel, seq, at, encoded in rows:
             state = self._channels.get(channel)
             if state is not None:
-                state.history.append(_Stored(seq, at, bytes(encoded)))
+                state.history.append(Stored(seq, at, bytes(encoded)))
                 if len(state.history) > config.backlog:
                     state.history.popleft()
         for client, seen in conn.execute("SELECT id, seen FROM clients WHERE seen >= ? ORDER BY seen",
@@ -274,18 +254,10 @@ class SQLiteBackend(Backend):
     def _apply(self, ops: list) -> None:
         """Committed: make the changes visible, wake, and acknowledge, in commit order."""
         touched: dict[str, None] = {}
-        now = self._clock()
         for op in ops:
             if isinstance(op, _Publish):
-                state = self._channels.get(op.channel)
-                if state is None:
-                    state = self._channels[op.channel] = _Channel()
-                state.last_seq = op.seq
-                state.history.append(_Stored(op.seq, op.at, op.encoded))
-                self._trim(state, now)
+                self._store(op.channel, op.seq, op.at, op.encoded, op.key)
                 if op.key is not None:
-                    self._idempotent[op.key] = (op.at, op.channel, op.seq)
-                    self._idempotent.move_to_end(op.key)
                     self._pending_keys.pop(op.key, None)
                 touched[op.channel] = None
         for channel in touched:
@@ -304,11 +276,10 @@ class SQLiteBackend(Backend):
 
     def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:
         now = self._clock()
+        seen = self._already_published(idempotency_key, channel, now)
+        if seen is not None:
+            return seen
         if idempotency_key is not None:
-            self._forget_old_keys(now)
-            seen = self._idempotent.get(idempotency_key)
-            if seen is not None and seen[1] == channel:
-                return seen[2]
             queued = self._pending_keys.get(idempotency_key)
             if queued is not None and queued.channel == channel:
                 return queued.done.get()  # the same notify, retried while the first is committing
@@ -316,32 +287,6 @@ class SQLiteBackend(Backend):
         if idempotency_key is not None:
             self._pending_keys[idempotency_key] = op
         return self._submit(op)
-
-    def read(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
-        same_epoch = epoch in (None, self.epoch)
-        state = self._channels.get(channel)
-        if state is None:
-            plan = protocol.plan_read(since, 1, 0, same_epoch)
-            return ChannelRead([], 0, plan.recovered, self.epoch)
-        last = state.last_seq
-        if since == last and same_epoch:
-            return ChannelRead([], last, True, self.epoch)
-        history = state.history
-        self._trim(state, self._clock())
-        first = history[0].seq if history else last + 1
-        plan = protocol.plan_read(since, first, last, same_epoch)
-        events = [h.encoded for h in islice(history, max(plan.after - first + 1, 0), None)]
-        return ChannelRead(events, last, plan.recovered, self.epoch)
-
-    def _trim(self, state: _Channel, now: float) -> None:
-        history, cutoff = state.history, now - self._config.backlog_age_s
-        while len(history) > self._config.backlog or (history and history[0].at < cutoff):
-            history.popleft()
-
-    def _forget_old_keys(self, now: float) -> None:
-        keys, cutoff = self._idempotent, now - self._config.idempotency_ttl_s
-        while keys and next(iter(keys.values()))[0] < cutoff:
-            keys.popitem(last=False)
 
     def register(self, client: str) -> None:
         # Never waits for the disk: a poll must not stall behind another process's
@@ -353,10 +298,6 @@ class SQLiteBackend(Backend):
         self._dirty[client] = now
         if new:  # written now; a refresh waits for the next commit or the timer
             self._kick.set()
-
-    def is_registered(self, client: str) -> bool:
-        seen = self._clients.get(client)
-        return seen is not None and seen >= self._clock() - self._config.client_ttl_s
 
     def expire_idle(self) -> list[str]:
         now, config = self._clock(), self._config
@@ -382,13 +323,6 @@ class SQLiteBackend(Backend):
                 self._channels.pop(protocol.private_channel(client), None)
                 expired.append(client)
         return expired
-
-    def counts(self) -> dict[str, int]:
-        return {"clients": len(self._clients), "channels": len(self._channels)}
-
-    def channel_names(self, limit: int) -> list[str]:
-        names = (c for c in self._channels if not c.startswith(protocol.PRIVATE_PREFIX))
-        return [name for _, name in zip(range(limit), names)]
 
     def close(self) -> None:
         """Write pending registration refreshes, then close the file and the thread."""
