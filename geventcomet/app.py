@@ -74,7 +74,11 @@ class CometApp:
         self.hub = hub
         self.stats = Stats()
         self.started = time.monotonic()
-        self.max_waiting = config.max_waiting or max(fd_limit() - FD_RESERVE, 1)
+        fd_cap = max(fd_limit() - FD_RESERVE, 1)  # each held request holds a socket
+        if config.max_waiting > fd_cap:
+            log.warning("max_waiting %d is above the open-file limit less %d; using %d",
+                        config.max_waiting, FD_RESERVE, fd_cap)
+        self.max_waiting = min(config.max_waiting or fd_cap, fd_cap)
         self._origins = config.cors_origin_set
         self._token = config.notify_token.encode()
         self._stopping = Event()
