@@ -182,3 +182,43 @@ def test_unreachable_redis_is_a_clear_startup_error():
     assert proc.returncode == 1
     assert "cannot start: cannot reach Redis at redis://127.0.0.1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, start_server, monkeypatch):
+    """300 clients on 2 pooled connections that give up after 10 ms: only a real outage may 503.
+
+    Every poll's registration is due for a refresh (as after a long ramp), and all 300
+    re-poll in the same instant after one notify, as after a fan-out.
+    """
+    from geventcomet.backends import redis as redis_backend
+    monkeypatch.setattr(redis_backend, "POOL_CONNECTIONS", 2)
+    monkeypatch.setattr(redis_backend, "POOL_TIMEOUT_S", 0.01)
+    backend = open_backend(Config(backend=redis_url))
+    backend._refresh_s = 0  # every poll refreshes its registration
+    server = start_server(backend=backend)
+    statuses, received, go = [], [], Event()
+
+    def client(i):
+        http = requests.Session()
+        params = {"channel": "news", "client": f"c{i}", "timeout": 0}
+        go.wait()
+        first = http.get(server.url + "/register", params=params, timeout=30)
+        statuses.append(first.status_code)
+        if first.status_code != 200:
+            return
+        held = http.get(server.url + "/register", timeout=30,
+                        params={**params, "timeout": 20, "since": first.json()["cursor"]})
+        statuses.append(held.status_code)
+        if held.status_code != 200:
+            return
+        received.extend(held.json()["events"])
+        again = http.get(server.url + "/register", params={**params, "since": held.json()["cursor"]}, timeout=30)
+        statuses.append(again.status_code)
+
+    clients = [gevent.spawn(client, i) for i in range(300)]
+    go.set()  # all first polls at once: 300 new registrations and reads
+    server.wait_waiting(300, timeout=30)
+    assert Comet(server.url).notify("news", "all")["id"] == 1
+    gevent.joinall(clients, timeout=30, raise_error=True)
+    assert len(received) == 300
+    assert statuses.count(200) == 900, {s: statuses.count(s) for s in set(statuses)}

@@ -27,7 +27,14 @@ Redis holds the truth; pub/sub is only a hint (PITFALLS §2.6).
   waiters re-read Redis, where the cursor and epoch decide.
 - **Registrations** live in one sorted set scored by expiry time. A poll refreshes
   its client at most every ``min(client_ttl / 4, 30 s)`` from each process (the
-  score covers the gap), so the long-poll cycle does not pay a write per poll.
+  score covers the gap), and a refresh is queued, not waited for; only a client this
+  process has not written within the TTL waits for its write.
+- **Polls never queue for a pooled connection of their own.** Every Redis call made
+  on behalf of a poll (a read the tail cannot answer, a registration, a lookup) is
+  queued to :class:`_Batcher`: a few greenlets send whatever is queued as one
+  pipeline each (identical reads once, all registrations as one ``ZADD``), so a
+  mass re-poll after a fan-out costs a few round trips on a few connections, and
+  only a real Redis failure answers 503.
 
 Keys: ``gc:epoch``, ``gc:seq`` (hash channel -> last seq), ``gc:s:CHANNEL``
 (stream), ``gc:i:CHANNEL:KEY`` (idempotency), ``gc:clients`` (sorted set), and
@@ -38,11 +45,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import deque
 from itertools import islice
 
 import gevent
 import redis
 from gevent.event import Event
+from gevent.hub import Waiter
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -62,6 +71,11 @@ MAX_TAILS = 200_000
 RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.05, 2.0
 #: Connections per pool (one pool for publishes, one for reads) in each process.
 POOL_CONNECTIONS = 16
+#: How long a caller waits for a pooled connection before the call fails (then 503).
+POOL_TIMEOUT_S = 5.0
+#: Calls queued by polls are sent by at most this many greenlets at once (fewer than
+#: the read pool's connections, so they never wait for one), each with up to BATCH calls.
+MAX_FLUSHERS, BATCH = 4, 1000
 #: How many registrations ``expire_idle`` deletes at once.
 EXPIRE_BATCH = 1000
 
@@ -160,8 +174,120 @@ class _Tail:
 
 
 def _client(url: str, max_connections: int, **kwargs) -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=5.0, **kwargs)
+    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_TIMEOUT_S,
+                                                 **kwargs)
     return redis.Redis(connection_pool=pool)
+
+
+_READ_OP, _ZADD_OP, _ZSCORE_OP = 0, 1, 2
+
+
+class _Batcher:
+    """Idempotent Redis calls made for polls, sent many at a time as pipelines.
+
+    A caller queues ``(op, arg)`` and waits on its own :class:`Waiter` (or, for
+    ``send``, does not wait). Up to ``flushers`` greenlets each take up to BATCH
+    queued calls and send them as one pipeline: reads of the same channel from the
+    same position become one script call, and every registration one ``ZADD``.
+    Thousands of polls arriving together therefore cost a few round trips on at most
+    ``flushers`` pooled connections, instead of each waiting for a connection.
+    """
+
+    def __init__(self, client: redis.Redis, read_sha: str, flushers: int) -> None:
+        self._client = client
+        self._read_sha = read_sha
+        self._max_flushers = flushers
+        self._flushers = 0
+        self._pending: deque = deque()
+        self._loop = gevent.get_hub().loop
+        self.age_ms = 0
+
+    def call(self, op: int, arg):
+        waiter = Waiter()
+        self._submit((op, arg, waiter))
+        value = waiter.get()
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def send(self, op: int, arg) -> None:
+        self._submit((op, arg, None))
+
+    def _submit(self, item) -> None:
+        self._pending.append(item)
+        if self._flushers < self._max_flushers:
+            self._flushers += 1
+            gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        try:
+            while pending:
+                batch = [pending.popleft() for _ in range(min(BATCH, len(pending)))]
+                try:
+                    results = self._run(batch)
+                except Exception as exc:  # every caller must hear back, whatever happened
+                    log.debug("Redis batch of %d failed: %s", len(batch), exc)
+                    error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+                    results = [error] * len(batch)
+                self._loop.run_callback(_deliver, batch, results)
+        finally:
+            self._flushers -= 1
+
+    def _run(self, batch: list) -> list:
+        reads: dict = {}  # (channel, since, epoch) -> index in the pipeline
+        plan = []  # per batch item: its index in the pipeline's replies
+        scores: dict[str, float] = {}
+        zadd_at = -1
+        commands = []
+        candidate = secrets.token_hex(4)
+        for op, arg, _ in batch:
+            if op == _READ_OP:
+                index = reads.get(arg)
+                if index is None:
+                    channel, since, epoch = arg
+                    index = reads[arg] = len(commands)
+                    commands.append(("EVALSHA", self._read_sha, 3, PREFIX + "epoch", PREFIX + "seq",
+                                     PREFIX + "s:" + channel, channel, "" if since is None else since,
+                                     epoch or "", candidate, self.age_ms))
+            elif op == _ZADD_OP:
+                client, score = arg
+                scores[client] = score
+                if zadd_at < 0:
+                    zadd_at = len(commands)
+                    commands.append(None)  # filled in below, with every registration of the batch
+                index = zadd_at
+            else:
+                index = len(commands)
+                commands.append(("ZSCORE", PREFIX + "clients", arg))
+            plan.append(index)
+        if zadd_at >= 0:
+            flat = [x for client, score in scores.items() for x in (score, client)]
+            commands[zadd_at] = ("ZADD", PREFIX + "clients", *flat)
+        replies = self._execute(commands)
+        return [replies[i] for i in plan]
+
+    def _execute(self, commands: list) -> list:
+        for attempt in (0, 1):
+            with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self._client.script_load(_READ)  # Redis restarted or flushed its scripts
+                continue
+            break
+        for reply in replies:
+            if isinstance(reply, redis.ConnectionError):  # no partial batches: all fail alike
+                raise reply
+        return replies
+
+
+def _deliver(batch: list, results: list) -> None:
+    # Runs in the gevent hub, as Waiter.switch requires.
+    for (_, _, waiter), result in zip(batch, results):
+        if waiter is not None:
+            waiter.switch(result)
 
 
 def _redact(url: str) -> str:
@@ -196,8 +322,9 @@ class RedisBackend(Backend):
         self._publish_script = self._writer.register_script(_PUBLISH)
         self._read_script = self._reader.register_script(_READ)
         self._expire_script = self._reader.register_script(_EXPIRE)
+        self._batcher = _Batcher(self._reader, self._read_script.sha, max(1, min(MAX_FLUSHERS, POOL_CONNECTIONS - 1)))
         self._origin = secrets.token_hex(4)
-        self._age_ms = max(int(config.backlog_age_s * 1000), 1)
+        self._age_ms = self._batcher.age_ms = max(int(config.backlog_age_s * 1000), 1)
         self._tail_events = min(TAIL_EVENTS, config.backlog)
         self._refresh_s = min(config.client_ttl_s / 4, 30.0)
         self._tails: dict[str, _Tail] = {}
@@ -259,11 +386,11 @@ class RedisBackend(Backend):
     def _read_redis(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
         generation = self._generation
         try:
-            reply = self._read_script(
-                keys=[PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel],
-                args=[channel, "" if since is None else since, epoch or "", secrets.token_hex(4), self._age_ms])
+            reply = self._batcher.call(_READ_OP, (channel, since, epoch))
         except redis.RedisError as exc:
             raise RedisUnavailable(f"Redis did not answer a read: {exc}") from None
+        if isinstance(reply, Exception):
+            raise RedisUnavailable(f"Redis did not answer a read: {reply}")
         current, last, first, encoded = reply[0].decode(), int(reply[1]), int(reply[2]), reply[3:]
         if current != self.epoch:
             self._new_epoch(current)
@@ -371,18 +498,29 @@ class RedisBackend(Backend):
         written = self._refreshed.get(client)
         if written is not None and now - written < self._refresh_s:
             return  # this process wrote it recently; the expiry score covers the gap
-        try:
-            self._reader.zadd(PREFIX + "clients", {client: time.time() + self._config.client_ttl_s + self._refresh_s})
+        score = time.time() + self._config.client_ttl_s + self._refresh_s
+        if written is not None and now - written < self._config.client_ttl_s:
+            # Still registered (its score outlasts this by the refresh interval): refresh
+            # in the background; a poll never waits for it.
+            self._refreshed[client] = now
+            self._batcher.send(_ZADD_OP, (client, score))
+            return
+        try:  # new here: wait, so a notify to it through any process finds it
+            reply = self._batcher.call(_ZADD_OP, (client, score))
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not store the registration: {exc}") from None
+        if isinstance(reply, Exception):
+            raise BackendError(f"Redis did not store the registration: {reply}")
         self._refreshed[client] = now
 
     def is_registered(self, client: str) -> bool:
         try:
-            expires = self._reader.zscore(PREFIX + "clients", client)
+            expires = self._batcher.call(_ZSCORE_OP, client)
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not answer: {exc}") from None
-        return expires is not None and expires >= time.time()
+        if isinstance(expires, Exception):
+            raise BackendError(f"Redis did not answer: {expires}")
+        return expires is not None and float(expires) >= time.time()
 
     def expire_idle(self) -> list[str]:
         try:
@@ -392,7 +530,7 @@ class RedisBackend(Backend):
             raise BackendError(f"Redis did not expire registrations: {exc}") from None
         for client in gone:
             self._tails.pop(protocol.private_channel(client), None)
-        cutoff = time.monotonic() - self._refresh_s
+        cutoff = time.monotonic() - self._config.client_ttl_s  # written longer ago: expired or soon
         for client in [c for c, t in self._refreshed.items() if t < cutoff]:
             del self._refreshed[client]
         return gone
