@@ -53,6 +53,8 @@ class Streams:
         self.lock = threading.Lock()  # in greenlet mode, uncontended: only the hub's thread uses it
         self.seq = 0
         self.dropped = 0
+        #: greenlet mode: the loop timer armed for the next tick (stopped at shutdown)
+        self.timer = None
 
     def open(self):
         q = self.make_queue(STREAM_QUEUE)
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("threads", "greenlets"), default="greenlets",
                         help="how streams are served (default %(default)s)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between pushes (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=40, help="thread pool size in threads mode (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=40,
+                        help="thread pool size in threads mode (default %(default)s)")
     parser.add_argument("--compare", action="store_true",
                         help="run both modes in child processes with --clients streams for --duration s "
                              "and print a table")

@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-threads", type=int, default=5, help="waitpool: wait threads (default %(default)s)")
     parser.add_argument("--scan-interval", type=float, default=0.1,
                         help="waitpool: seconds a wait thread sleeps between scans (default %(default)s)")
-    load = parser.add_argument_group("--compare: run the load against each server and print the table")
+    load = parser.add_argument_group(
+        "--compare: run the load against each server and print the table "
+        "(--duration is then the notify phase, after every client polls)")
     load.add_argument("--compare", action="store_true")
     load.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES),
                       help="comma-separated, from " + ",".join(MODES) + " (default all)")
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.workers <= 1000 and 1 <= args.wait_threads <= 100 and 0.001 <= args.scan_interval <= 5):
         parser.error("--workers 1..1000, --wait-threads 1..100, --scan-interval 0.001..5")
     if args.compare:
-        if not (set(args.modes) <= set(MODES) and 1 <= args.clients <= 5000 and args.ramp > 0 and 0 < args.duration <= 600):
+        if not (set(args.modes) <= set(MODES) and 1 <= args.clients <= 5000 and args.ramp > 0
+                and 0 < args.duration <= 600):
             parser.error(f"--modes from {','.join(MODES)}; --clients 1..5000; --ramp > 0; --duration up to 600 s")
         compare(args)
         return 0
