@@ -151,29 +151,51 @@ def sqlite_lock(hold_s: float) -> dict:
             "blocked_notify_status": notify_s.status_code, "blocked_notify_waited_s": round(waited, 2)}
 
 
-def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float) -> dict:
-    """``clients`` waiting on one channel over ``workers`` processes; one notify reaches them all."""
+def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float, profile: str | None = None) -> dict:
+    """``clients`` waiting on one channel over ``workers`` processes; one notify reaches them all.
+
+    ``profile``: a directory; once every client polls, ``py-spy record`` samples each
+    worker for 12 s (the notify, the fan-out and the re-polls) into a speedscope file there.
+    """
     flush(redis_url)
     srv = ServerProcess("--backend", redis_url, "--workers", str(workers), "--timeout", "120",
                         "--max-timeout", "600", "--client-ttl", "900", ready_timeout=60)
     try:
         srv.wait_log(rf"all {workers} workers listening", timeout=60)
         rss = {}
+        spies = []
 
         def on_ready(_run):
             total = 0
             for pid in open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read().split():
                 total += int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                if profile:
+                    os.makedirs(profile, exist_ok=True)
+                    spies.append(subprocess.Popen(
+                        ["py-spy", "record", "-p", pid, "-d", "12", "-r", "200", "--nonblocking",
+                         "-f", "speedscope", "-o", f"{profile}/worker-{pid}.json"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             rss["workers_rss_bytes"] = total
+            rss["workers_cpu_s_at_ready"] = round(tree_cpu_s(srv.proc.pid), 1)
+            rss["loadclient_cpu_s_at_ready"] = round(tree_cpu_s(os.getpid()), 1)  # its procs (+ the supervisor)
+            if spies:
+                gevent.sleep(1)  # let py-spy attach before the notify
 
         t0 = time.monotonic()
         report = run(srv.url, clients=clients, channels=1, duration=5, notify_rate=1, notify_count=1,
                      poll_timeout=300, progress=10, procs=procs, ramp=ramp, on_ready=on_ready).to_dict()
+        rss["workers_cpu_s_total"] = round(tree_cpu_s(srv.proc.pid), 1)
     finally:
         srv.stop()
+        for spy in spies:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
     return {"clients": clients, "workers": workers, "procs": procs, "ready_s": report["ready_s"],
             "total_s": round(time.monotonic() - t0, 1), "received": report["events_received"],
             "fanout_max_ms": report["latency_ms"]["max"], "fanout_p50_ms": report["latency_ms"]["p50"],
+            "fanout_p99_ms": report["latency_ms"]["p99"], "loadclient_cpu_s": report.get("cpu_s"),
             "lost": report["lost"], "unanswered": report["unanswered"], "errors": report["errors"],
             "ok": report["ok"], **rss}
 
@@ -188,6 +210,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=6)
     parser.add_argument("--ramp", type=float, default=0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--profile", default=None, help="fanout: py-spy each worker into this directory")
     args = parser.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}", file=sys.stderr)
     results = []
@@ -204,7 +227,8 @@ def main() -> None:
         elif args.what == "sqlite-lock":
             results.append(sqlite_lock(2.0))
         else:
-            results.append(fanout(args.redis, args.clients or 100_000, args.workers, args.procs, args.ramp))
+            results.append(fanout(args.redis, args.clients or 100_000, args.workers, args.procs, args.ramp,
+                                  args.profile))
     for result in results:
         print(json.dumps(result))
 

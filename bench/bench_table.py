@@ -54,6 +54,10 @@ def _run_phases(server: ServerProcess, options: Options, phases) -> tuple[object
     try:
         the_run.start()
         marks["ready"] = the_run.wait_ready()
+        if not marks["ready"]:
+            log.warning("ramp incomplete: %s; server alive: %s; server log tail:\n%s",
+                        the_run.snapshot().progress_line(), server.proc.poll() is None,
+                        "".join(server.log[-20:]))
         phases(the_run, marks)
         report = the_run.finish()
     except BaseException:
@@ -177,7 +181,8 @@ def step_max(args, clients: int = 19500) -> list[dict]:
     try:
         idle = _snap(server)
         opts = Options(url=server.url, clients=clients, channels=1, poll_timeout=args.poll_timeout,
-                       procs=max(2, args.procs), progress=args.progress, notify_connections=1)
+                       procs=max(2, args.procs), progress=args.progress, notify_connections=1,
+                       think=args.think)
 
         def phases(the_run: Run, marks: dict) -> None:
             the_run.notify_phase(duration=args.hold)
@@ -193,7 +198,7 @@ def step_max(args, clients: int = 19500) -> list[dict]:
     return [{"step": "max", "clients": clients, "procs": opts.procs, "waiting": held["waiting"],
              "max_waiting": held.get("max_waiting"), "connect_all_s": round(report.ready_s, 3),
              "kb_per_client": round((held["rss_bytes"] - idle["rss_bytes"]) / clients / KB, 2),
-             "fanout_last_ms": lat["max"], "received": report.events_received,
+             "think_s": args.think, "fanout_last_ms": lat["max"], "received": report.events_received,
              "loadclient_cpu_s": round(report.cpu_s, 2), "ok": report.ok, "lost": report.lost,
              "unanswered": report.unanswered, "errors": report.errors}]
 

@@ -16,7 +16,7 @@ import gevent
 from gevent import subprocess
 from gevent.event import Event
 
-from loadclient.httpconn import Connection
+from loadclient.httpconn import Connection, HTTPError
 
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)/")
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -50,8 +50,11 @@ class ServerProcess:
         self._ready.set()
 
     def stats(self) -> dict:
-        """The server's ``GET /stats``."""
-        return json.loads(self._stats_conn.request("GET", "/stats").body)
+        """The server's ``GET /stats`` (one retry: the server may have closed an idle keep-alive)."""
+        try:
+            return json.loads(self._stats_conn.request("GET", "/stats").body)
+        except HTTPError:
+            return json.loads(self._stats_conn.request("GET", "/stats").body)
 
     def cpu_s(self) -> float:
         """User + system CPU seconds the server process has used (from /proc/PID/stat)."""
