@@ -217,26 +217,24 @@ def serve_greenlets(host: str, port: int, interval: float, duration: float) -> N
 
 # --- the comparison: the same streaming clients against each mode ---
 
-def stream_client(host: str, port: int, lags: list, timeout: float) -> int:
-    """Open one stream and record each push's lag (arrival minus due) until it ends."""
-    import gevent
+def stream_client(host: str, port: int, lags: list, counts: list) -> None:
+    """Open one stream and record each push's lag (arrival minus due) until killed."""
     import gevent.socket
 
-    pushes = 0
-    with gevent.Timeout(timeout, False):
-        sock = gevent.socket.socket()
-        try:
-            sock.connect((host, port))
-            sock.sendall(f"GET /stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-            reply = http.client.HTTPResponse(sock)
-            reply.begin()
-            while line := reply.readline():
-                _, _, due = line.decode().split()
-                lags.append(time.time() - float(due))
-                pushes += 1
-        finally:
-            sock.close()
-    return pushes
+    sock = gevent.socket.socket()
+    try:
+        sock.connect((host, port))
+        sock.sendall(f"GET /stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        index = len(counts)
+        counts.append(0)
+        while line := reply.readline():
+            _, _, due = line.decode().split()
+            lags.append(time.time() - float(due))
+            counts[index] += 1
+    finally:
+        sock.close()
 
 
 def measure(mode: str, clients: int, duration: float, interval: float, workers: int) -> dict:
@@ -249,13 +247,16 @@ def measure(mode: str, clients: int, duration: float, interval: float, workers: 
         host, port = child.url.removeprefix("http://").split(":")
         cpu0 = cpu_seconds(child.pid)
         lags: list[float] = []
-        jobs = [gevent.spawn(stream_client, host, int(port), lags, duration) for _ in range(clients)]
-        gevent.joinall(jobs, timeout=duration + 10)
+        counts: list[int] = []  # pushes per stream that got its response headers
+        jobs = [gevent.spawn(stream_client, host, int(port), lags, counts) for _ in range(clients)]
+        # Every stream ends at the same moment, so a worker freed by one closing stream
+        # cannot pick up a queued one before the count is taken.
+        gevent.joinall(jobs, timeout=duration)
+        held = sum(1 for n in counts if n)
         threads, cpu = os_threads(child.pid), cpu_seconds(child.pid) - cpu0
         gevent.killall(jobs, timeout=5)
     finally:
         child.stop()
-    held = sum(1 for j in jobs if j.value)
     lags.sort()
     pct = (lambda p: f"{1000 * lags[min(len(lags) - 1, int(p * len(lags)))]:.0f}") if lags else (lambda p: "-")
     return {"mode": mode, "clients": clients, "held": held, "pushes": len(lags), "os_threads": threads,

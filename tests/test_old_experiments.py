@@ -224,7 +224,7 @@ def test_help_works_for_every_experiment():
 def test_thread_exhaustion_compare_drives_all_three_servers_with_loadclient(tmp_path):
     out = tmp_path / "results.json"
     done = run_module("old_experiments.thread_exhaustion", "--compare", "--clients", "4", "--ramp", "50",
-                      "--duration", "1", "--poll-timeout", "1", "--channels", "2", "--notify-rate", "5",
+                      "--duration", "2", "--poll-timeout", "1", "--channels", "2", "--notify-rate", "5",
                       "--json", str(out), timeout=35)
     assert done.returncode == 0, done.stderr[-3000:]
     results = {r["mode"]: r for r in json.loads(out.read_text())}
