@@ -41,12 +41,25 @@ def log_listening(host: str, port: int, what: str) -> None:
     log.info("%s listening on http://%s:%d/", what, host, port)
 
 
+#: The signals that stop a server.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def block_stop_signals() -> None:
+    """Block SIGINT/SIGTERM in this thread and every thread it starts from now on.
+
+    Call it in the main thread before starting any other: the kernel hands a process
+    signal to any thread not blocking it, and a Python handler only runs once the main
+    thread wakes, which it may not do until its wait times out. Blocked everywhere, the
+    signal stays pending until :func:`wait_for_stop` takes it.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
 def wait_for_stop(duration: float) -> None:
-    """Block the main thread until ``duration`` passes or SIGINT/SIGTERM arrives."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait(duration)
+    """Block until ``duration`` passes or SIGINT/SIGTERM arrives (after :func:`block_stop_signals`)."""
+    block_stop_signals()
+    signal.sigtimedwait(STOP_SIGNALS, duration)
 
 
 class PooledHTTPServer(http.server.HTTPServer):
@@ -91,6 +104,7 @@ class PooledHTTPServer(http.server.HTTPServer):
 
         ``on_stop`` (if given) runs once ``stopping`` is set, to wake blocked handlers.
         """
+        block_stop_signals()  # before the accept thread starts (its pool threads inherit the mask)
         log_listening(*self.server_address[:2], what)
         accept = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         accept.start()

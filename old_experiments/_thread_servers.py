@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-from ._common import PooledHTTPServer, QuietHandler, log
+from ._common import PooledHTTPServer, QuietHandler, block_stop_signals, log
 
 #: The poll timeouts a client may ask for, as geventcomet's defaults.
 DEFAULT_TIMEOUT_S = 25.0
@@ -296,6 +296,7 @@ class WaitPoolHandler(CometHandler):
 def serve(mode: str, host: str, port: int, duration: float, workers: int,
           wait_threads: int, scan_interval: float) -> dict:
     """Run the ``threads`` or ``waitpool`` server until ``duration`` or a signal; its stats."""
+    block_stop_signals()  # before the wait threads start
     store = Store()
     if mode == "threads":
         handler = type("Handler", (ThreadsHandler,), {"store": store})

@@ -37,8 +37,8 @@ import sys
 import threading
 import time
 
-from ._common import (PooledHTTPServer, QuietHandler, Child, add_server_args, cpu_seconds, format_table,
-                      log, log_listening, os_threads, python_module, setup_logging)
+from ._common import (Child, PooledHTTPServer, QuietHandler, add_server_args, block_stop_signals, cpu_seconds,
+                      format_table, log, log_listening, os_threads, python_module, setup_logging)
 
 #: Pushes a slow stream may fall behind by before it loses some (counted, never blocking the timer).
 STREAM_QUEUE = 100
@@ -108,6 +108,7 @@ class Schedule:
 # --- threads: a bounded pool of OS threads, one per stream; threading.Timer re-armed ---
 
 def serve_threads(host: str, port: int, interval: float, workers: int, duration: float) -> None:
+    block_stop_signals()  # before the first timer thread starts
     streams = Streams(queue.Queue)
 
     class Handler(QuietHandler):
