@@ -138,6 +138,20 @@ def test_periodic_push_threads_hold_only_as_many_streams_as_workers():
         assert child.stop() == 0
 
 
+def test_periodic_push_greenlets_cli_ends_streams_cleanly_on_sigterm():
+    child = Child(python_module("old_experiments.periodic_push", "--mode", "greenlets", "--interval", "0.02",
+                                "--duration", "30"))
+    stream = Stream(int(child.url.rsplit(":", 1)[1])).start()
+    try:
+        assert stream.line().startswith("push ")
+        child.proc.send_signal(signal.SIGTERM)
+        while stream.line():  # the pushes stop and the chunked body ends, not a reset
+            pass
+    finally:
+        stream.close()
+        assert child.stop() == 0
+
+
 def test_periodic_push_compare_prints_both_modes():
     done = run_module("old_experiments.periodic_push", "--compare", "--clients", "6", "--workers", "2",
                       "--duration", "1", "--interval", "0.1")
