@@ -48,13 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     log.info("configuration: %s", config.describe())
     if command == "serve":
-        from .errors import BackendError
         from .server import serve
-        try:
-            return serve(config)
-        except (OSError, ValueError, BackendError) as exc:
-            log.error("cannot start: %s", exc)
-            return 1
+        return serve(config)
     return 2
 
 

@@ -102,14 +102,17 @@ class Supervisor:
         worker_config = dataclasses.replace(config, workers=1, port=port)
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopping.set)
+        self.ready = {slot: Event() for slot in range(config.workers)}
         keepers = [gevent.spawn(self._keep, slot, worker_config) for slot in range(config.workers)]
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
             while not self._all_ready():
-                if self.failed.is_set() or self.stopping.is_set() or time.monotonic() > deadline:
+                remaining = deadline - time.monotonic()
+                if self.failed.is_set() or self.stopping.is_set() or remaining <= 0:
                     log.error("cannot start: not every worker started listening (see the log above)")
                     return 1
-                self.failed.wait(0.05)
+                waiting_for = [e for e in self.ready.values() if not e.is_set()]
+                gevent.wait([self.failed, self.stopping, *waiting_for], timeout=remaining, count=1)
             self.started = True
             log.info("geventcomet: all %d workers listening on http://%s:%d/ (pids %s)", config.workers,
                      config.host, port, " ".join(str(p.pid) for p in self.procs.values()))
@@ -200,31 +203,17 @@ def _stop_with_parent(parent: int, stop: Event) -> None:
 
 def worker_main() -> None:
     """Entry point of a worker process (monkey-patched by its command line)."""
-    from .errors import BackendError
-    from .app import make_app
-    from .server import LISTEN_BACKLOG, CometServer, raise_open_file_limit
+    from .server import LISTEN_BACKLOG, serve
 
     config = Config(**json.loads(os.environ[WORKER_ENV]))
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     try:
-        raise_open_file_limit()
         listener = reuseport_socket(config.host, config.port)
         listener.listen(LISTEN_BACKLOG)
-        # Not make_server(): it passes a backlog, which gevent refuses with a socket.
-        server = CometServer(listener, make_app(config), config)
-    except (OSError, ValueError, BackendError) as exc:
+    except OSError as exc:
         log.error("cannot start worker: %s", exc)
         sys.exit(1)
-    server.application = with_worker_header(server.application)
-    server.start()
-    log.info("geventcomet worker listening on http://%s:%d/ (max %d waiting requests)",
-             config.host, config.port, server.app.max_waiting)
     stop = Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stop.set)
     gevent.spawn(_stop_with_parent, os.getppid(), stop)
-    stop.wait()
-    log.info("stopping: answering %d held requests with reconnect", server.app.hub.waiting)
-    server.stop_gracefully()
-    sys.exit(0)
+    sys.exit(serve(config, listener, wrap_app=with_worker_header, stop=stop))
