@@ -151,8 +151,12 @@ def sqlite_lock(hold_s: float) -> dict:
             "blocked_notify_status": notify_s.status_code, "blocked_notify_waited_s": round(waited, 2)}
 
 
-def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float, profile: str | None = None) -> dict:
+def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float, profile: str | None = None,
+           think: float = 0) -> dict:
     """``clients`` waiting on one channel over ``workers`` processes; one notify reaches them all.
+
+    ``think``: seconds each client waits after a reply before polling again (a browser
+    renders first); with 0 the 100,000 re-polls compete with the fan-out for the 2 cores.
 
     ``profile``: a directory; once every client polls, ``py-spy record`` samples each
     worker for 12 s (the notify, the fan-out and the re-polls) into a speedscope file there.
@@ -183,7 +187,8 @@ def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float, 
 
         t0 = time.monotonic()
         report = run(srv.url, clients=clients, channels=1, duration=5, notify_rate=1, notify_count=1,
-                     poll_timeout=300, progress=10, procs=procs, ramp=ramp, on_ready=on_ready).to_dict()
+                     poll_timeout=300, progress=10, procs=procs, ramp=ramp, on_ready=on_ready,
+                     think=think).to_dict()
         rss["workers_cpu_s_total"] = round(tree_cpu_s(srv.proc.pid), 1)
     finally:
         srv.stop()
@@ -192,7 +197,7 @@ def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float, 
                 spy.wait(30)
             except subprocess.TimeoutExpired:
                 spy.kill()
-    return {"clients": clients, "workers": workers, "procs": procs, "ready_s": report["ready_s"],
+    return {"clients": clients, "workers": workers, "procs": procs, "think_s": think, "ready_s": report["ready_s"],
             "total_s": round(time.monotonic() - t0, 1), "received": report["events_received"],
             "fanout_max_ms": report["latency_ms"]["max"], "fanout_p50_ms": report["latency_ms"]["p50"],
             "fanout_p99_ms": report["latency_ms"]["p99"], "loadclient_cpu_s": report.get("cpu_s"),
@@ -211,6 +216,7 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", default=None, help="fanout: py-spy each worker into this directory")
+    parser.add_argument("--think", type=float, default=0, help="fanout: clients pause this long before re-polling")
     args = parser.parse_args()
     print(f"# {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}", file=sys.stderr)
     results = []
@@ -228,7 +234,7 @@ def main() -> None:
             results.append(sqlite_lock(2.0))
         else:
             results.append(fanout(args.redis, args.clients or 100_000, args.workers, args.procs, args.ramp,
-                                  args.profile))
+                                  args.profile, args.think))
     for result in results:
         print(json.dumps(result))
 
