@@ -179,7 +179,7 @@ def _client(url: str, max_connections: int, **kwargs) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
-_READ_OP, _ZADD_OP, _ZSCORE_OP = 0, 1, 2
+_READ_OP, _ZADD_OP, _ZSCORE_OP, _PUBLISH_OP = 0, 1, 2, 3
 
 
 class _Batcher:
@@ -193,9 +193,10 @@ class _Batcher:
     ``flushers`` pooled connections, instead of each waiting for a connection.
     """
 
-    def __init__(self, client: redis.Redis, read_sha: str, flushers: int) -> None:
+    def __init__(self, client: redis.Redis, script: str, sha: str, flushers: int) -> None:
         self._client = client
-        self._read_sha = read_sha
+        self._script = script
+        self._sha = sha
         self._max_flushers = flushers
         self._flushers = 0
         self._pending: deque = deque()
@@ -247,7 +248,7 @@ class _Batcher:
                 if index is None:
                     channel, since, epoch = arg
                     index = reads[arg] = len(commands)
-                    commands.append(("EVALSHA", self._read_sha, 3, PREFIX + "epoch", PREFIX + "seq",
+                    commands.append(("EVALSHA", self._sha, 3, PREFIX + "epoch", PREFIX + "seq",
                                      PREFIX + "s:" + channel, channel, "" if since is None else since,
                                      epoch or "", candidate, self.age_ms))
             elif op == _ZADD_OP:
@@ -274,13 +275,25 @@ class _Batcher:
                     pipe.execute_command(*command)
                 replies = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self._client.script_load(_READ)  # Redis restarted or flushed its scripts
+                self._client.script_load(self._script)  # Redis restarted or flushed its scripts
                 continue
             break
         for reply in replies:
             if isinstance(reply, redis.ConnectionError):  # no partial batches: all fail alike
                 raise reply
         return replies
+
+
+class _PublishBatcher(_Batcher):
+    """Publishes sent many at a time as one pipeline, on the writer pool (never retried).
+
+    Concurrent notifies share one round trip. A batch that fails on the connection
+    fails every publish in it (each notify answers 503; its Idempotency-Key makes
+    the retry safe), as a single publish would.
+    """
+
+    def _run(self, batch: list) -> list:
+        return self._execute([("EVALSHA", self._sha, len(keys), *keys, *args) for _, (keys, args), _ in batch])
 
 
 def _deliver(batch: list, results: list) -> None:
@@ -322,7 +335,9 @@ class RedisBackend(Backend):
         self._publish_script = self._writer.register_script(_PUBLISH)
         self._read_script = self._reader.register_script(_READ)
         self._expire_script = self._reader.register_script(_EXPIRE)
-        self._batcher = _Batcher(self._reader, self._read_script.sha, max(1, min(MAX_FLUSHERS, POOL_CONNECTIONS - 1)))
+        flushers = max(1, min(MAX_FLUSHERS, POOL_CONNECTIONS - 1))
+        self._batcher = _Batcher(self._reader, _READ, self._read_script.sha, flushers)
+        self._publisher = _PublishBatcher(self._writer, _PUBLISH, self._publish_script.sha, flushers)
         self._origin = secrets.token_hex(4)
         self._age_ms = self._batcher.age_ms = max(int(config.backlog_age_s * 1000), 1)
         self._tail_events = min(TAIL_EVENTS, config.backlog)
@@ -356,11 +371,11 @@ class RedisBackend(Backend):
         suffix = b',"data":' + data_json.encode() + b"}"
         idem = f"{PREFIX}i:{channel}:{idempotency_key}" if idempotency_key is not None else PREFIX + "epoch"
         try:
-            epoch, seq, duplicate = self._publish_script(
-                keys=[PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem],
-                args=[channel, prefix, suffix, secrets.token_hex(4), self._config.backlog, self._age_ms,
-                      int(self._config.idempotency_ttl_s * 1000), self._origin,
-                      "1" if idempotency_key is not None else "0", PREFIX + "wake"])
+            epoch, seq, duplicate = self._publisher.call(_PUBLISH_OP, (
+                (PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem),
+                (channel, prefix, suffix, secrets.token_hex(4), self._config.backlog, self._age_ms,
+                 int(self._config.idempotency_ttl_s * 1000), self._origin,
+                 "1" if idempotency_key is not None else "0", PREFIX + "wake")))
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not acknowledge the publish: {exc}") from None
         epoch = epoch.decode()
