@@ -117,11 +117,13 @@ def _phase_cpu(marks: dict, args) -> dict:
     return {"loadclient_phase_cpu_s": round(marks["lc_cpu1"] - marks["lc_cpu0"], 2)}
 
 
-def step_cycle(args, clients: int = 1000) -> list[dict]:
+def _measured_notify_phase(args, clients: int, notify_rate: float, duration: float) -> tuple:
+    """A fresh server, ``clients`` on their own channels, and server/load-client snapshots
+    around the notify phase: ``(report, {"start", "end", "lc_cpu0", "lc_cpu1"})``."""
     server = ServerProcess()
     try:
-        opts = Options(url=server.url, clients=clients, channels=clients, notify_rate=-1,
-                       duration=args.cycle_duration, poll_timeout=args.poll_timeout, procs=args.procs,
+        opts = Options(url=server.url, clients=clients, channels=clients, notify_rate=notify_rate,
+                       duration=duration, poll_timeout=args.poll_timeout, procs=args.procs,
                        notify_connections=args.notify_connections, progress=args.progress)
 
         def phases(the_run: Run, marks: dict) -> None:
@@ -131,9 +133,13 @@ def step_cycle(args, clients: int = 1000) -> list[dict]:
             marks["end"] = _snap(server)
             marks["lc_cpu1"] = cpu_seconds()
 
-        report, marks = _run_phases(server, opts, phases)
+        return _run_phases(server, opts, phases)
     finally:
         server.stop()
+
+
+def step_cycle(args, clients: int = 1000) -> list[dict]:
+    report, marks = _measured_notify_phase(args, clients, notify_rate=-1, duration=args.cycle_duration)
     start, end = marks["start"], marks["end"]
     seconds = end["t"] - start["t"]
     delivered = end["delivered"] - start["delivered"]
@@ -149,22 +155,7 @@ def step_cycle(args, clients: int = 1000) -> list[dict]:
 
 
 def step_steady(args, clients: int = 5000, rate: float = 2000.0) -> list[dict]:
-    server = ServerProcess()
-    try:
-        opts = Options(url=server.url, clients=clients, channels=clients, notify_rate=rate,
-                       duration=args.steady_duration, poll_timeout=args.poll_timeout, procs=args.procs,
-                       notify_connections=args.notify_connections, progress=args.progress)
-
-        def phases(the_run: Run, marks: dict) -> None:
-            marks["start"] = _snap(server)
-            marks["lc_cpu0"] = cpu_seconds()
-            the_run.notify_phase()
-            marks["end"] = _snap(server)
-            marks["lc_cpu1"] = cpu_seconds()
-
-        report, marks = _run_phases(server, opts, phases)
-    finally:
-        server.stop()
+    report, marks = _measured_notify_phase(args, clients, notify_rate=rate, duration=args.steady_duration)
     start, end = marks["start"], marks["end"]
     seconds = end["t"] - start["t"]
     lat = report.latency.summary_ms()
