@@ -399,7 +399,7 @@ class RedisBackend(Backend):
         return self._read_redis(channel, since, epoch)
 
     def _read_redis(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
-        generation = self._generation
+        generation, started = self._generation, time.monotonic()
         try:
             reply = self._batcher.call(_READ_OP, (channel, since, epoch))
         except redis.RedisError as exc:
@@ -411,6 +411,14 @@ class RedisBackend(Backend):
             self._new_epoch(current)
         elif generation == self._generation and channel not in self._tails:
             self._add_tail(channel, _Tail(last))  # later reads of this channel start here
+        elif since is None and generation == self._generation:
+            # A new subscriber starts "now", and its request was parked before this round
+            # trip: events that reached this process during it are news to it, as they
+            # would be with the memory backend.
+            tail = self._tails[channel]
+            fresh = sum(1 for at, _ in tail.events if at >= started)
+            if fresh:
+                return self.read(channel, tail.last - fresh, current)
         plan = protocol.plan_read(since, first, last, epoch in (None, current))
         start = first if since is None or epoch not in (None, current) else max(since + 1, first)
         events = list(encoded[max(plan.after + 1 - start, 0):]) if plan.after < last else []
