@@ -21,6 +21,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "requests>=2.28",
             "redis>=5.0",
             "hiredis>=2.0",
             "gunicorn>=22.0",
