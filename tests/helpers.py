@@ -14,6 +14,28 @@ from gevent.event import Event
 from geventcomet.server import CometServer
 
 
+class Changes:
+    """Lets a test wait for a condition on state that other greenlets change, without polling.
+
+    The greenlets call :meth:`changed` after each change; :meth:`wait_until` re-checks
+    the condition only then, within a bound.
+    """
+
+    def __init__(self) -> None:
+        self._event = Event()
+
+    def changed(self) -> None:
+        self._event.set()
+
+    def wait_until(self, condition, timeout: float, message: str) -> None:
+        with gevent.Timeout(timeout, AssertionError(message)):
+            while True:
+                self._event.clear()
+                if condition():
+                    return
+                self._event.wait()
+
+
 class Comet:
     """A small blocking client speaking the geventcomet protocol over real HTTP."""
 

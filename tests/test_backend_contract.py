@@ -12,6 +12,8 @@ import pytest
 from geventcomet import Config
 from geventcomet.backends import open_backend
 
+from .helpers import Changes
+
 BACKENDS = ["memory", "sqlite", "redis"]
 
 
@@ -28,9 +30,9 @@ def make_backend(request, tmp_path):
         else:
             url = request.getfixturevalue("redis_url")
         backend = open_backend(Config(backend=url, **overrides))
-        woken = []
-        backend.start(lambda channel: woken.append(channel) or 0, lambda: 0)
-        backend.woken = woken
+        woken, changes = [], Changes()
+        backend.start(lambda channel: woken.append(channel) or changes.changed() or 0, lambda: 0)
+        backend.woken, backend.woken_changes = woken, changes
         opened.append(backend)
         return backend
 
@@ -159,9 +161,7 @@ def test_concurrent_idempotent_retries_store_one_event(make_backend):
 def test_publish_wakes_the_channel(make_backend):
     backend = make_backend()
     backend.publish("news", "1")
-    with gevent.Timeout(5):
-        while "news" not in backend.woken:  # redis may also wake through its listener
-            gevent.sleep(0.01)
+    backend.woken_changes.wait_until(lambda: "news" in backend.woken, 5, "news was never woken")
 
 
 # -- registrations -----------------------------------------------------------

@@ -18,7 +18,7 @@ from geventcomet import Config
 from geventcomet.backends import open_backend
 from geventcomet.errors import BackendError
 
-from .helpers import Comet
+from .helpers import Changes, Comet
 from .services import free_port
 
 
@@ -33,7 +33,7 @@ def redis_servers(start_server, redis_url):
     return start
 
 
-def poll_forever(url, channel, log, stop):
+def poll_forever(url, channel, log, stop, changes=None):
     """A client polling with its cursor; records every reply's events, epoch and recovered flag."""
     http, cursor = requests.Session(), None
     while not stop.is_set():
@@ -51,6 +51,8 @@ def poll_forever(url, channel, log, stop):
         body = reply.json()
         log.append(body)
         cursor = body["cursor"]
+        if changes is not None:
+            changes.changed()
 
 
 def notify_with_retries(url, channel, n, acked):
@@ -74,8 +76,8 @@ def notify_with_retries(url, channel, n, acked):
 
 def test_restart_of_redis_during_notifies_loses_nothing_silently(redis_servers, redis_server):
     reader, writer = redis_servers(), redis_servers()  # two "workers" on one Redis
-    replies, acked, stop = [], [], Event()
-    poller = gevent.spawn(poll_forever, reader.url, "news", replies, stop)
+    replies, acked, stop, changes = [], [], Event(), Changes()
+    poller = gevent.spawn(poll_forever, reader.url, "news", replies, stop, changes)
     reader.wait_waiting(1)
     restarted_at = None
     for n in range(300):
@@ -83,9 +85,8 @@ def test_restart_of_redis_during_notifies_loses_nothing_silently(redis_servers, 
         if n == 150:
             redis_server.restart()  # every key is gone: a new epoch, ids start again
             restarted_at = time.monotonic()
-    with gevent.Timeout(10, AssertionError("the poller never caught up")):
-        while not any(e["data"] == 299 for r in replies for e in r["events"]):
-            gevent.sleep(0.02)
+    changes.wait_until(lambda: any(e["data"] == 299 for r in replies for e in r["events"]), 10,
+                       "the poller never caught up")
     stop.set()
     poller.join(timeout=5)
 

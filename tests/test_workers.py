@@ -34,9 +34,8 @@ def session_on(url, want=None, avoid=None, tries=200):
 
 def wait_waiting(http, count, timeout=5.0):
     """Until the worker behind ``http`` holds ``count`` polls (its /stats, over the same connection)."""
-    with gevent.Timeout(timeout, AssertionError(f"worker never had {count} waiting")):
-        while http.get(http.url + "/stats", timeout=5).json()["waiting"] != count:
-            gevent.sleep(0.01)
+    stats = http.get(http.url + "/stats", params={"waiting": count, "timeout": timeout}, timeout=timeout + 5)
+    assert stats.json()["waiting"] == count, f"worker never had {count} waiting"
 
 
 def poll(http, url, channel, cursor=None, timeout=10, **params):
@@ -134,11 +133,15 @@ def test_a_killed_worker_is_replaced_and_its_clients_lose_nothing(workers):
 
 def test_sigterm_to_the_parent_stops_every_worker_gracefully(workers):
     server = workers(2)
-    held = [gevent.spawn(requests.get, server.url + "/register", params={"channel": "news", "timeout": 30},
-                         timeout=40) for _ in range(6)]
-    with gevent.Timeout(5):
-        while sum(requests.get(server.url + "/stats", timeout=5).json()["waiting"] for _ in range(4)) == 0:
-            gevent.sleep(0.02)
+    first = session_on(server.url)
+    sessions = [session_on(server.url, want=w) for w in (first.worker, session_on(server.url, avoid=first.worker).worker)
+                for _ in range(3)]  # three held polls pinned to each worker
+    held = [gevent.spawn(s.get, server.url + "/register", params={"channel": "news", "timeout": 30}, timeout=40)
+            for s in sessions]
+    for worker in {s.worker for s in sessions}:
+        watcher = session_on(server.url, want=worker)
+        watcher.url = server.url
+        wait_waiting(watcher, 3)
     assert server.terminate(timeout=15) == 0
     for job in held:
         reply = job.get(timeout=5)
@@ -176,13 +179,8 @@ def test_gunicorn_gevent_workers_share_redis(redis_url, tmp_path):
                     if len(booted) == 2:
                         break
         gevent.spawn(lambda: [None for _ in proc.stderr])
-        with gevent.Timeout(10, AssertionError("gunicorn is not answering")):
-            while True:
-                try:
-                    requests.get(url + "/stats", timeout=2)
-                    break
-                except requests.ConnectionError:
-                    gevent.sleep(0.05)
+        # The master bound the port before booting workers: a first request waits in
+        # the listen queue until a worker has loaded the app, no retry needed.
         a = session_on(url)
         b = session_on(url, avoid=a.worker)
         a_stats = session_on(url, want=a.worker)
