@@ -22,6 +22,8 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "requests>=2.28",
+            "ruff>=0.5",
+            "mypy>=1.10",
             "redis>=5.0",
             "hiredis>=2.0",
             "gunicorn>=22.0",

@@ -39,9 +39,10 @@ import gevent
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 
+from server_process import ServerProcess  # noqa: E402
+
 from loadclient import Options, Run  # noqa: E402
 from loadclient.resources import cpu_seconds, raise_open_file_limit  # noqa: E402
-from server_process import ServerProcess  # noqa: E402
 
 log = logging.getLogger("bench")
 KB = 1024
@@ -151,7 +152,8 @@ def step_cycle(args, clients: int = 1000) -> list[dict]:
              "deliveries_per_s": round(delivered / seconds), "p50_ms": lat["p50"], "p99_ms": lat["p99"],
              "server_cpu_s": round(cpu, 2), "server_cpu_ms_per_1000": round(cpu * 1e6 / max(delivered, 1), 1),
              "loadclient_cpu_s": round(report.cpu_s, 2), **_phase_cpu(marks, args),
-             "ok": report.ok, "lost": report.lost, "duplicated": report.duplicated, "unanswered": report.unanswered, "errors": report.errors}]
+             "ok": report.ok, "lost": report.lost, "duplicated": report.duplicated,
+             "unanswered": report.unanswered, "errors": report.errors}]
 
 
 def step_steady(args, clients: int = 5000, rate: float = 2000.0) -> list[dict]:
@@ -163,7 +165,8 @@ def step_steady(args, clients: int = 5000, rate: float = 2000.0) -> list[dict]:
              "achieved_rate": round((end["published"] - start["published"]) / seconds),
              "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"], "max_ms": lat["max"],
              "server_cpu_s": round(end["cpu_s"] - start["cpu_s"], 2), "seconds": round(seconds, 2),
-             "loadclient_cpu_s": round(report.cpu_s, 2), **_phase_cpu(marks, args), "ok": report.ok, "lost": report.lost,
+             "loadclient_cpu_s": round(report.cpu_s, 2), **_phase_cpu(marks, args),
+             "ok": report.ok, "lost": report.lost,
              "unanswered": report.unanswered, "errors": report.errors}]
 
 

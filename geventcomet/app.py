@@ -28,8 +28,16 @@ from gevent.event import Event
 from . import protocol
 from .backends import Backend, open_backend
 from .config import FD_RESERVE, Config
-from .errors import (BackendError, ClientGone, CometError, Forbidden, MethodNotAllowed,
-                     NotFound, Unauthorized, Unavailable)
+from .errors import (
+    BackendError,
+    ClientGone,
+    CometError,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
 from .hub import Hub
 from .longpoll import hold
 

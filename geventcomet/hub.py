@@ -95,7 +95,8 @@ class Hub:
 
     def _changed(self) -> None:
         change, self._change = self._change, None
-        change.set()
+        if change is not None:
+            change.set()
 
     def wake(self, channel: str) -> int:
         """Wake every request parked on ``channel``; return how many there were."""

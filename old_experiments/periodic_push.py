@@ -37,8 +37,20 @@ import sys
 import threading
 import time
 
-from ._common import (Child, PooledHTTPServer, QuietHandler, add_server_args, block_stop_signals, cpu_seconds,
-                      format_table, log, log_listening, os_threads, python_module, setup_logging)
+from ._common import (
+    Child,
+    PooledHTTPServer,
+    QuietHandler,
+    add_server_args,
+    block_stop_signals,
+    cpu_seconds,
+    format_table,
+    log,
+    log_listening,
+    os_threads,
+    python_module,
+    setup_logging,
+)
 
 #: Pushes a slow stream may fall behind by before it loses some (counted, never blocking the timer).
 STREAM_QUEUE = 100

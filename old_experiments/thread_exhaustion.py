@@ -38,8 +38,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ._common import (Child, add_server_args, cpu_seconds, format_table, log, os_threads, python_module,
-                      setup_logging)
+from ._common import Child, add_server_args, cpu_seconds, format_table, log, os_threads, python_module, setup_logging
 
 MODES = ("threads", "waitpool", "geventcomet")
 #: The article's long-poll: every poll is held up to this long.

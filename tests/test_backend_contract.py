@@ -123,7 +123,8 @@ def test_events_are_encoded_once_with_channel_id_and_data(make_backend):
     backend = make_backend()
     backend.publish("news", json.dumps({"text": "héllo", "n": [1, 2]}))
     read = backend.read("news", 0, None)
-    assert [json.loads(e) for e in read.events] == [{"channel": "news", "id": 1, "data": {"text": "héllo", "n": [1, 2]}}]
+    expected = {"channel": "news", "id": 1, "data": {"text": "héllo", "n": [1, 2]}}
+    assert [json.loads(e) for e in read.events] == [expected]
 
 
 def test_ids_increase_by_one_under_concurrent_publishers(make_backend):

@@ -2,8 +2,8 @@
 import gevent
 import pytest
 
-from geventcomet.backends.memory import MemoryBackend
 from geventcomet import Config
+from geventcomet.backends.memory import MemoryBackend
 
 from .helpers import Comet
 

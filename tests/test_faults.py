@@ -8,8 +8,8 @@ import gevent
 import pytest
 import requests
 
-from geventcomet.backends.memory import MemoryBackend
 from geventcomet import Config
+from geventcomet.backends.memory import MemoryBackend
 
 from .helpers import Comet
 
@@ -117,7 +117,8 @@ def test_bad_requests_get_a_json_error(server, method, path, params, status, mes
 
 def test_bad_notify_bodies_get_a_json_error(server):
     cases = [
-        ({"data": b'{"channel": "a", "data": ', "headers": {"Content-Type": "application/json"}}, 400, "malformed JSON"),
+        ({"data": b'{"channel": "a", "data": ', "headers": {"Content-Type": "application/json"}},
+         400, "malformed JSON"),
         ({"data": b"just text", "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
         ({"json": {"channel": "a"}}, 400, "missing data"),
         ({"json": {"channel": "no spaces", "data": 1}}, 400, "invalid channel name"),

@@ -134,7 +134,8 @@ def test_a_killed_worker_is_replaced_and_its_clients_lose_nothing(workers):
 def test_sigterm_to_the_parent_stops_every_worker_gracefully(workers):
     server = workers(2)
     first = session_on(server.url)
-    sessions = [session_on(server.url, want=w) for w in (first.worker, session_on(server.url, avoid=first.worker).worker)
+    second = session_on(server.url, avoid=first.worker)
+    sessions = [session_on(server.url, want=w) for w in (first.worker, second.worker)
                 for _ in range(3)]  # three held polls pinned to each worker
     held = [gevent.spawn(s.get, server.url + "/register", params={"channel": "news", "timeout": 30}, timeout=40)
             for s in sessions]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from itertools import islice
 from collections import OrderedDict, deque
+from itertools import islice
 from typing import NamedTuple
 
 from .. import protocol
