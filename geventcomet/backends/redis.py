@@ -31,7 +31,7 @@ Redis holds the truth; pub/sub is only a hint (PITFALLS §2.6).
   process has not written within the TTL waits for its write.
 - **Polls never queue for a pooled connection of their own.** Every Redis call made
   on behalf of a poll (a read the tail cannot answer, a registration, a lookup) is
-  queued to :class:`_Batcher`: a few greenlets send whatever is queued as one
+  queued to :class:`~.redis_batch.Batcher`: a few greenlets send whatever is queued as one
   pipeline each (identical reads once, all registrations as one ``ZADD``), so a
   mass re-poll after a fan-out costs a few round trips on a few connections, and
   only a real Redis failure answers 503.
@@ -45,13 +45,11 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import deque
 from itertools import islice
 
 import gevent
 import redis
 from gevent.event import Event
-from gevent.hub import Waiter
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -59,10 +57,11 @@ from .. import protocol
 from ..config import Config
 from ..errors import BackendError
 from . import Backend, ChannelRead
+from .redis_batch import PUBLISH_OP, READ_OP, ZADD_OP, ZSCORE_OP, Batcher, PublishBatcher
+from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ
 
 log = logging.getLogger(__name__)
 
-PREFIX = "gc:"
 #: Events of a channel kept in each process for readers woken by a publish.
 TAIL_EVENTS = 64
 #: Channels with a tail in one process; beyond this, the oldest tenth is dropped.
@@ -74,86 +73,11 @@ POOL_CONNECTIONS = 16
 #: How long a caller waits for a pooled connection before the call fails (then 503).
 POOL_TIMEOUT_S = 5.0
 #: Calls queued by polls are sent by at most this many greenlets at once (fewer than
-#: the read pool's connections, so they never wait for one), each with up to BATCH calls.
-MAX_FLUSHERS, BATCH = 4, 1000
+#: the read pool's connections, so they never wait for one).
+MAX_FLUSHERS = 4
 #: How many registrations ``expire_idle`` deletes at once.
 EXPIRE_BATCH = 1000
 
-_PUBLISH = """
--- KEYS: epoch, seq hash, stream, idempotency key (unused unless ARGV[9] == '1')
--- ARGV: channel, event prefix, event suffix, candidate epoch, backlog, age ms,
---       idempotency ttl ms, origin, has key, wake channel
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('SET', KEYS[1], epoch)
-end
-if ARGV[9] == '1' then
-  local seen = redis.call('GET', KEYS[4])
-  if seen then return {epoch, tonumber(seen), 1} end
-end
-local seq = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local encoded = ARGV[2] .. seq .. ARGV[3]
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], seq .. '-0', 't', now, 'e', encoded)
-local cutoff = now - tonumber(ARGV[6])
-for i = 1, 100 do
-  local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
-  if #head == 0 or tonumber(head[1][2][2]) >= cutoff then break end
-  redis.call('XDEL', KEYS[3], head[1][1])
-end
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[6]) + 1000)
-if ARGV[9] == '1' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[7]) end
-redis.call('PUBLISH', ARGV[10], ARGV[1] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[8] .. '\\n' .. encoded)
-return {epoch, seq, 0}
-"""
-
-_READ = """
--- KEYS: epoch, seq hash, stream
--- ARGV: channel, since ('' none), cursor epoch ('' none), candidate epoch, age ms
-local epoch = redis.call('GET', KEYS[1])
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('SET', KEYS[1], epoch)
-end
-local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-local t = redis.call('TIME')
-local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
-local first = last + 1
-for i = 1, 100 do
-  local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
-  if #head == 0 then break end
-  if tonumber(head[1][2][2]) >= cutoff then
-    first = tonumber(string.match(head[1][1], '^(%d+)'))
-    break
-  end
-  redis.call('XDEL', KEYS[3], head[1][1])
-end
-local lo = first
-if ARGV[3] == '' or ARGV[3] == epoch then
-  if ARGV[2] == '' then return {epoch, last, first} end
-  local since = tonumber(ARGV[2])
-  if since >= last then return {epoch, last, first} end
-  if since + 1 > first then lo = since + 1 end
-end
-local out = {epoch, last, first}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[3], lo .. '-0', '+')) do
-  out[#out + 1] = entry[2][4]
-end
-return out
-"""
-
-_EXPIRE = """
--- KEYS: clients, seq hash; ARGV: now, stream key prefix, limit
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, client in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], client)
-  redis.call('HDEL', KEYS[2], '@' .. client)
-  redis.call('DEL', ARGV[2] .. '@' .. client)
-end
-return gone
-"""
 
 
 class RedisUnavailable(BackendError):
@@ -178,129 +102,6 @@ def _client(url: str, max_connections: int, **kwargs) -> redis.Redis:
                                                  **kwargs)
     return redis.Redis(connection_pool=pool)
 
-
-_READ_OP, _ZADD_OP, _ZSCORE_OP, _PUBLISH_OP = 0, 1, 2, 3
-
-
-class _Batcher:
-    """Idempotent Redis calls made for polls, sent many at a time as pipelines.
-
-    A caller queues ``(op, arg)`` and waits on its own :class:`Waiter` (or, for
-    ``send``, does not wait). Up to ``flushers`` greenlets each take up to BATCH
-    queued calls and send them as one pipeline: reads of the same channel from the
-    same position become one script call, and every registration one ``ZADD``.
-    Thousands of polls arriving together therefore cost a few round trips on at most
-    ``flushers`` pooled connections, instead of each waiting for a connection.
-    """
-
-    def __init__(self, client: redis.Redis, script: str, sha: str, flushers: int) -> None:
-        self._client = client
-        self._script = script
-        self._sha = sha
-        self._max_flushers = flushers
-        self._flushers = 0
-        self._pending: deque = deque()
-        self._loop = gevent.get_hub().loop
-        self.age_ms = 0
-
-    def call(self, op: int, arg):
-        waiter = Waiter()
-        self._submit((op, arg, waiter))
-        value = waiter.get()
-        if isinstance(value, BaseException):
-            raise value
-        return value
-
-    def send(self, op: int, arg) -> None:
-        self._submit((op, arg, None))
-
-    def _submit(self, item) -> None:
-        self._pending.append(item)
-        if self._flushers < self._max_flushers:
-            self._flushers += 1
-            gevent.spawn(self._flush)
-
-    def _flush(self) -> None:
-        pending = self._pending
-        try:
-            while pending:
-                batch = [pending.popleft() for _ in range(min(BATCH, len(pending)))]
-                try:
-                    results = self._run(batch)
-                except Exception as exc:  # every caller must hear back, whatever happened
-                    log.debug("Redis batch of %d failed: %s", len(batch), exc)
-                    error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
-                    results = [error] * len(batch)
-                self._loop.run_callback(_deliver, batch, results)
-        finally:
-            self._flushers -= 1
-
-    def _run(self, batch: list) -> list:
-        reads: dict = {}  # (channel, since, epoch) -> index in the pipeline
-        plan = []  # per batch item: its index in the pipeline's replies
-        scores: dict[str, float] = {}
-        zadd_at = -1
-        commands = []
-        candidate = secrets.token_hex(4)
-        for op, arg, _ in batch:
-            if op == _READ_OP:
-                index = reads.get(arg)
-                if index is None:
-                    channel, since, epoch = arg
-                    index = reads[arg] = len(commands)
-                    commands.append(("EVALSHA", self._sha, 3, PREFIX + "epoch", PREFIX + "seq",
-                                     PREFIX + "s:" + channel, channel, "" if since is None else since,
-                                     epoch or "", candidate, self.age_ms))
-            elif op == _ZADD_OP:
-                client, score = arg
-                scores[client] = score
-                if zadd_at < 0:
-                    zadd_at = len(commands)
-                    commands.append(None)  # filled in below, with every registration of the batch
-                index = zadd_at
-            else:
-                index = len(commands)
-                commands.append(("ZSCORE", PREFIX + "clients", arg))
-            plan.append(index)
-        if zadd_at >= 0:
-            flat = [x for client, score in scores.items() for x in (score, client)]
-            commands[zadd_at] = ("ZADD", PREFIX + "clients", *flat)
-        replies = self._execute(commands)
-        return [replies[i] for i in plan]
-
-    def _execute(self, commands: list) -> list:
-        for attempt in (0, 1):
-            with self._client.pipeline(transaction=False) as pipe:
-                for command in commands:
-                    pipe.execute_command(*command)
-                replies = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self._client.script_load(self._script)  # Redis restarted or flushed its scripts
-                continue
-            break
-        for reply in replies:
-            if isinstance(reply, redis.ConnectionError):  # no partial batches: all fail alike
-                raise reply
-        return replies
-
-
-class _PublishBatcher(_Batcher):
-    """Publishes sent many at a time as one pipeline, on the writer pool (never retried).
-
-    Concurrent notifies share one round trip. A batch that fails on the connection
-    fails every publish in it (each notify answers 503; its Idempotency-Key makes
-    the retry safe), as a single publish would.
-    """
-
-    def _run(self, batch: list) -> list:
-        return self._execute([("EVALSHA", self._sha, len(keys), *keys, *args) for _, (keys, args), _ in batch])
-
-
-def _deliver(batch: list, results: list) -> None:
-    # Runs in the gevent hub, as Waiter.switch requires.
-    for (_, _, waiter), result in zip(batch, results):
-        if waiter is not None:
-            waiter.switch(result)
 
 
 def _redact(url: str) -> str:
@@ -332,12 +133,12 @@ class RedisBackend(Backend):
                                        health_check_interval=15, **common)
         except ValueError as exc:
             raise ValueError(f"bad Redis URL {self._url!r}: {exc}") from None
-        self._publish_script = self._writer.register_script(_PUBLISH)
-        self._read_script = self._reader.register_script(_READ)
-        self._expire_script = self._reader.register_script(_EXPIRE)
+        self._publish_script = self._writer.register_script(PUBLISH)
+        self._read_script = self._reader.register_script(READ)
+        self._expire_script = self._reader.register_script(EXPIRE)
         flushers = max(1, min(MAX_FLUSHERS, POOL_CONNECTIONS - 1))
-        self._batcher = _Batcher(self._reader, _READ, self._read_script.sha, flushers)
-        self._publisher = _PublishBatcher(self._writer, _PUBLISH, self._publish_script.sha, flushers)
+        self._batcher = Batcher(self._reader, READ, self._read_script.sha, flushers)
+        self._publisher = PublishBatcher(self._writer, PUBLISH, self._publish_script.sha, flushers)
         self._origin = secrets.token_hex(4)
         self._age_ms = self._batcher.age_ms = max(int(config.backlog_age_s * 1000), 1)
         self._tail_events = min(TAIL_EVENTS, config.backlog)
@@ -371,7 +172,7 @@ class RedisBackend(Backend):
         suffix = b',"data":' + data_json.encode() + b"}"
         idem = f"{PREFIX}i:{channel}:{idempotency_key}" if idempotency_key is not None else PREFIX + "epoch"
         try:
-            epoch, seq, duplicate = self._publisher.call(_PUBLISH_OP, (
+            epoch, seq, duplicate = self._publisher.call(PUBLISH_OP, (
                 (PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem),
                 (channel, prefix, suffix, secrets.token_hex(4), self._config.backlog, self._age_ms,
                  int(self._config.idempotency_ttl_s * 1000), self._origin,
@@ -401,7 +202,7 @@ class RedisBackend(Backend):
     def _read_redis(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
         generation, started = self._generation, time.monotonic()
         try:
-            reply = self._batcher.call(_READ_OP, (channel, since, epoch))
+            reply = self._batcher.call(READ_OP, (channel, since, epoch))
         except redis.RedisError as exc:
             raise RedisUnavailable(f"Redis did not answer a read: {exc}") from None
         if isinstance(reply, Exception):
@@ -526,10 +327,10 @@ class RedisBackend(Backend):
             # Still registered (its score outlasts this by the refresh interval): refresh
             # in the background; a poll never waits for it.
             self._refreshed[client] = now
-            self._batcher.send(_ZADD_OP, (client, score))
+            self._batcher.send(ZADD_OP, (client, score))
             return
         try:  # new here: wait, so a notify to it through any process finds it
-            reply = self._batcher.call(_ZADD_OP, (client, score))
+            reply = self._batcher.call(ZADD_OP, (client, score))
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not store the registration: {exc}") from None
         if isinstance(reply, Exception):
@@ -538,7 +339,7 @@ class RedisBackend(Backend):
 
     def is_registered(self, client: str) -> bool:
         try:
-            expires = self._batcher.call(_ZSCORE_OP, client)
+            expires = self._batcher.call(ZSCORE_OP, client)
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not answer: {exc}") from None
         if isinstance(expires, Exception):

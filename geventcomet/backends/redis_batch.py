@@ -1,0 +1,147 @@
+"""Redis calls sent many at a time: the poll-side batcher and the publish batcher.
+
+A caller queues ``(op, arg)`` and waits on its own :class:`~gevent.hub.Waiter`; a few
+flusher greenlets send what is queued as one pipeline each. Thousands of polls arriving
+together therefore cost a few round trips on a few pooled connections, instead of each
+waiting for a connection of its own (which, past the pool's timeout, would be a 503).
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+
+import gevent
+import redis
+from gevent.hub import Waiter
+
+from .redis_scripts import PREFIX
+
+log = logging.getLogger(__name__)
+
+#: At most this many calls go into one pipeline.
+BATCH = 1000
+
+READ_OP, ZADD_OP, ZSCORE_OP, PUBLISH_OP = 0, 1, 2, 3
+
+
+class Batcher:
+    """Idempotent Redis calls made for polls, sent many at a time as pipelines.
+
+    A caller queues ``(op, arg)`` and waits on its own :class:`Waiter` (or, for
+    ``send``, does not wait). Up to ``flushers`` greenlets each take up to BATCH
+    queued calls and send them as one pipeline: reads of the same channel from the
+    same position become one script call, and every registration one ``ZADD``.
+    Thousands of polls arriving together therefore cost a few round trips on at most
+    ``flushers`` pooled connections, instead of each waiting for a connection.
+    """
+
+    def __init__(self, client: redis.Redis, script: str, sha: str, flushers: int) -> None:
+        self._client = client
+        self._script = script
+        self._sha = sha
+        self._max_flushers = flushers
+        self._flushers = 0
+        self._pending: deque = deque()
+        self._loop = gevent.get_hub().loop
+        self.age_ms = 0
+
+    def call(self, op: int, arg):
+        waiter = Waiter()
+        self._submit((op, arg, waiter))
+        value = waiter.get()
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def send(self, op: int, arg) -> None:
+        self._submit((op, arg, None))
+
+    def _submit(self, item) -> None:
+        self._pending.append(item)
+        if self._flushers < self._max_flushers:
+            self._flushers += 1
+            gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        try:
+            while pending:
+                batch = [pending.popleft() for _ in range(min(BATCH, len(pending)))]
+                try:
+                    results = self._run(batch)
+                except Exception as exc:  # every caller must hear back, whatever happened
+                    log.debug("Redis batch of %d failed: %s", len(batch), exc)
+                    error = exc if isinstance(exc, redis.RedisError) else redis.ConnectionError(str(exc))
+                    results = [error] * len(batch)
+                self._loop.run_callback(_deliver, batch, results)
+        finally:
+            self._flushers -= 1
+
+    def _run(self, batch: list) -> list:
+        reads: dict = {}  # (channel, since, epoch) -> index in the pipeline
+        plan = []  # per batch item: its index in the pipeline's replies
+        scores: dict[str, float] = {}
+        zadd_at = -1
+        commands = []
+        candidate = secrets.token_hex(4)
+        for op, arg, _ in batch:
+            if op == READ_OP:
+                index = reads.get(arg)
+                if index is None:
+                    channel, since, epoch = arg
+                    index = reads[arg] = len(commands)
+                    commands.append(("EVALSHA", self._sha, 3, PREFIX + "epoch", PREFIX + "seq",
+                                     PREFIX + "s:" + channel, channel, "" if since is None else since,
+                                     epoch or "", candidate, self.age_ms))
+            elif op == ZADD_OP:
+                client, score = arg
+                scores[client] = score
+                if zadd_at < 0:
+                    zadd_at = len(commands)
+                    commands.append(None)  # filled in below, with every registration of the batch
+                index = zadd_at
+            else:
+                index = len(commands)
+                commands.append(("ZSCORE", PREFIX + "clients", arg))
+            plan.append(index)
+        if zadd_at >= 0:
+            flat = [x for client, score in scores.items() for x in (score, client)]
+            commands[zadd_at] = ("ZADD", PREFIX + "clients", *flat)
+        replies = self._execute(commands)
+        return [replies[i] for i in plan]
+
+    def _execute(self, commands: list) -> list:
+        for attempt in (0, 1):
+            with self._client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self._client.script_load(self._script)  # Redis restarted or flushed its scripts
+                continue
+            break
+        for reply in replies:
+            if isinstance(reply, redis.ConnectionError):  # no partial batches: all fail alike
+                raise reply
+        return replies
+
+
+class PublishBatcher(Batcher):
+    """Publishes sent many at a time as one pipeline, on the writer pool (never retried).
+
+    Concurrent notifies share one round trip. A batch that fails on the connection
+    fails every publish in it (each notify answers 503; its Idempotency-Key makes
+    the retry safe), as a single publish would.
+    """
+
+    def _run(self, batch: list) -> list:
+        return self._execute([("EVALSHA", self._sha, len(keys), *keys, *args) for _, (keys, args), _ in batch])
+
+
+def _deliver(batch: list, results: list) -> None:
+    # Runs in the gevent hub, as Waiter.switch requires.
+    for (_, _, waiter), result in zip(batch, results):
+        if waiter is not None:
+            waiter.switch(result)
+

@@ -1,0 +1,84 @@
+"""The Lua scripts of the Redis backend, and the key layout they share.
+
+Keys: ``gc:epoch``, ``gc:seq`` (hash channel -> last seq), ``gc:s:CHANNEL``
+(stream), ``gc:i:CHANNEL:KEY`` (idempotency), ``gc:clients`` (sorted set), and
+the pub/sub channel ``gc:wake``. Each script runs atomically in Redis.
+"""
+
+PREFIX = "gc:"
+
+PUBLISH = """
+-- KEYS: epoch, seq hash, stream, idempotency key (unused unless ARGV[9] == '1')
+-- ARGV: channel, event prefix, event suffix, candidate epoch, backlog, age ms,
+--       idempotency ttl ms, origin, has key, wake channel
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
+end
+if ARGV[9] == '1' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return {epoch, tonumber(seen), 1} end
+end
+local seq = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local encoded = ARGV[2] .. seq .. ARGV[3]
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], seq .. '-0', 't', now, 'e', encoded)
+local cutoff = now - tonumber(ARGV[6])
+for i = 1, 100 do
+  local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) >= cutoff then break end
+  redis.call('XDEL', KEYS[3], head[1][1])
+end
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[6]) + 1000)
+if ARGV[9] == '1' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[7]) end
+redis.call('PUBLISH', ARGV[10], ARGV[1] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[8] .. '\\n' .. encoded)
+return {epoch, seq, 0}
+"""
+
+READ = """
+-- KEYS: epoch, seq hash, stream
+-- ARGV: channel, since ('' none), cursor epoch ('' none), candidate epoch, age ms
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
+end
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
+local first = last + 1
+for i = 1, 100 do
+  local head = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+  if #head == 0 then break end
+  if tonumber(head[1][2][2]) >= cutoff then
+    first = tonumber(string.match(head[1][1], '^(%d+)'))
+    break
+  end
+  redis.call('XDEL', KEYS[3], head[1][1])
+end
+local lo = first
+if ARGV[3] == '' or ARGV[3] == epoch then
+  if ARGV[2] == '' then return {epoch, last, first} end
+  local since = tonumber(ARGV[2])
+  if since >= last then return {epoch, last, first} end
+  if since + 1 > first then lo = since + 1 end
+end
+local out = {epoch, last, first}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[3], lo .. '-0', '+')) do
+  out[#out + 1] = entry[2][4]
+end
+return out
+"""
+
+EXPIRE = """
+-- KEYS: clients, seq hash; ARGV: now, stream key prefix, limit
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, client in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], client)
+  redis.call('HDEL', KEYS[2], '@' .. client)
+  redis.call('DEL', ARGV[2] .. '@' .. client)
+end
+return gone
+"""
