@@ -16,7 +16,9 @@ import resource
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from html import escape
+from http import HTTPStatus
 from importlib import resources
 from string import Template
 from typing import Callable, Iterable
@@ -296,13 +298,13 @@ def _bearer_token(header: str) -> str | None:
 
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus
     try:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
 
 
+@lru_cache(maxsize=None)
 def _template(name: str) -> Template:
     return Template(resources.files("geventcomet").joinpath("static", name).read_text("utf-8"))
 
