@@ -21,7 +21,7 @@ from html import escape
 from http import HTTPStatus
 from importlib import resources
 from string import Template
-from typing import Callable, Iterable
+from typing import Callable, Iterable, cast
 from urllib.parse import parse_qs, urlencode
 
 import gevent
@@ -204,7 +204,7 @@ class CometApp:
                 raise NotFound(f"no registered client {req.client!r} (never registered, or expired)")
             channel = protocol.private_channel(req.client)
         else:
-            channel = req.channel
+            channel = cast(str, req.channel)  # parse_notify gives exactly one of the two
         key = environ.get("HTTP_IDEMPOTENCY_KEY") or None
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
             raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")

@@ -9,6 +9,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"{f.metadata['help']} [{env}]")
         else:
             serve.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(),
-                               type=lambda raw, f=f: parse_value(f, raw),
+                               type=functools.partial(parse_value, f),
                                help=f"{f.metadata['help']} (default {f.default!r}) [{env}]")
     return parser
 

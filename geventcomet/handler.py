@@ -45,15 +45,17 @@ RESPONSE_431 = _error_bytes("431 Request Header Fields Too Large", "request head
 RESPONSE_400 = _error_bytes("400 Bad Request", "malformed HTTP request")
 
 
-_date_cache = [0, b""]
+_date_cache: dict[int, bytes] = {}  # {second: formatted}, one entry
 
 
 def http_date() -> bytes:
     """The Date header value, formatted once per second instead of once per reply."""
     now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[:] = [now, format_date_time(now)]
-    return _date_cache[1]
+    value = _date_cache.get(now)
+    if value is None:
+        _date_cache.clear()
+        value = _date_cache[now] = format_date_time(now)
+    return value
 
 
 class HeaderTimeout(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import Mapping
 
 import gevent
 from gevent.hub import Waiter
@@ -32,7 +33,7 @@ class PollResult:
     shutting_down: bool = False
 
 
-def read_all(backend: Backend, channels: tuple[str, ...], positions: dict[str, int | None],
+def read_all(backend: Backend, channels: tuple[str, ...], positions: Mapping[str, int | None],
              epoch: str | None) -> PollResult:
     """Read every channel after its position; positions become the channels' last seqs."""
     events: list[bytes] = []
@@ -47,7 +48,7 @@ def read_all(backend: Backend, channels: tuple[str, ...], positions: dict[str, i
     return PollResult(events, after, current_epoch or "", recovered)
 
 
-def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: dict[str, int | None],
+def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mapping[str, int | None],
          epoch: str | None, timeout_s: float, sock: socket.socket | None) -> PollResult:
     """Answer at once if there is news (or a gap to report), else wait for it.
 
@@ -86,7 +87,7 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: dict[
                 result = read_all(backend, channels, positions, epoch)
                 result.timeout = not result.events and result.recovered
                 return result
-            if reason is Reason.READABLE:
+            if reason is Reason.READABLE and sock is not None and watcher is not None:
                 if client_gone(sock):
                     raise ClientGone()
                 watcher.stop()  # pipelined bytes, not a hang-up: stop watching, or it spins
@@ -100,7 +101,7 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: dict[
             watcher.close()
 
 
-def client_gone(sock: socket.socket | None) -> bool:
+def client_gone(sock: socket.socket) -> bool:
     """True if the peer closed or reset the connection (peeking, so nothing is consumed)."""
     raw = getattr(sock, "_sock", sock)  # gevent's socket wraps the real one
     try:

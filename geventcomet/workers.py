@@ -156,7 +156,7 @@ class Supervisor:
     @staticmethod
     def _relay(proc: subprocess.Popen, ready: Event) -> None:
         """Copy a worker's log lines to ours; its "listening on" line means it is ready."""
-        for line in proc.stderr:
+        for line in proc.stderr or ():
             sys.stderr.write(line)
             if "listening on http://" in line:
                 ready.set()

@@ -1,4 +1,4 @@
-"""The code itself: ruff's lint over the tree, and mypy --strict over the pure core."""
+"""The code itself: ruff's lint over the tree, mypy over the package, --strict over the pure core."""
 import shutil
 import subprocess
 import sys
@@ -20,6 +20,11 @@ def test_ruff_finds_nothing():
         pytest.fail("ruff is not installed (it is in the test extra: pip install -e '.[test]')")
     result = run("ruff", "check", "--config", ".ci/ruff.toml",
                  "geventcomet", "loadclient", "old_experiments", "tests", "bench", "setup.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_package_passes_mypy():
+    result = run(sys.executable, "-m", "mypy", "--ignore-missing-imports", "geventcomet")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

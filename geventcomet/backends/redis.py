@@ -154,7 +154,10 @@ class RedisBackend(Backend):
         self._listener: gevent.Greenlet | None = None
         try:
             self._writer.set(PREFIX + "epoch", secrets.token_hex(4), nx=True)
-            self.epoch = self._writer.get(PREFIX + "epoch").decode()
+            epoch = self._writer.get(PREFIX + "epoch")  # bytes: decode_responses is off
+            if not isinstance(epoch, bytes):
+                raise redis.RedisError("the epoch key vanished while the backend started")
+            self.epoch = epoch.decode()
         except redis.RedisError as exc:
             self._disconnect()
             raise BackendError(f"cannot reach Redis at {self._url}: {exc}") from None

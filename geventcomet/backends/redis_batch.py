@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
+from typing import Any
 
 import gevent
 import redis
@@ -83,7 +84,7 @@ class Batcher:
         plan = []  # per batch item: its index in the pipeline's replies
         scores: dict[str, float] = {}
         zadd_at = -1
-        commands = []
+        commands: list[Any] = []  # Redis commands; a None slot is filled in below
         candidate = secrets.token_hex(4)
         for op, arg, _ in batch:
             if op == READ_OP:

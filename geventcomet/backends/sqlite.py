@@ -110,7 +110,7 @@ class SQLiteBackend(MemoryBackend):
         # The wall clock: kept events' ages must mean the same after a restart.
         super().__init__(config, clock=clock)
         self.path, self.synchronous = parse_url(config.backend)
-        self._lock_fd = self._take_file_lock()
+        self._lock_fd: int | None = self._take_file_lock()
         self._pool = ThreadPool(1)
         self._conn: sqlite3.Connection | None = None
         self._pending_keys: dict[str, _Publish] = {}
@@ -224,6 +224,8 @@ class SQLiteBackend(MemoryBackend):
         """On the thread: one transaction for the batch. Returns the error (nothing raised
         here, so the thread pool does not print a traceback for a locked database)."""
         conn, backlog = self._conn, self._config.backlog
+        if conn is None:
+            return BackendError("the sqlite database is closed")
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in ops:
@@ -316,8 +318,8 @@ class SQLiteBackend(MemoryBackend):
         ]))
         expired = []
         for client in gone:  # a client that polled while the delete was committing stays
-            seen = self._clients.get(client)
-            if seen is not None and seen < cutoff:
+            last_seen = self._clients.get(client)
+            if last_seen is not None and last_seen < cutoff:
                 del self._clients[client]
                 self._dirty.pop(client, None)
                 self._channels.pop(protocol.private_channel(client), None)
