@@ -159,10 +159,14 @@ class CometApp:
 
     # -- handlers ----------------------------------------------------------
 
-    def register(self, environ: dict) -> Reply:
-        config = self.config
+    def refuse_if_full(self) -> None:
+        """503 + Retry-After when ``max_waiting`` requests are held already."""
         if self.hub.waiting >= self.max_waiting:
             raise Unavailable(f"server is at capacity ({self.max_waiting} waiting requests); retry later")
+
+    def register(self, environ: dict) -> Reply:
+        config = self.config
+        self.refuse_if_full()
         req = protocol.parse_register(environ.get("QUERY_STRING", ""), default_timeout_s=config.timeout_s,
                                       max_timeout_s=config.max_timeout_s, max_channels=config.max_channels)
         client = req.client or secrets.token_urlsafe(12)

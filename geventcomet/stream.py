@@ -147,8 +147,7 @@ class StreamEndpoint:
         config = app.config
         if app.hub.closing:
             raise Unavailable("server is shutting down; reconnect")
-        if app.hub.waiting >= app.max_waiting:
-            raise Unavailable(f"server is at capacity ({app.max_waiting} waiting requests); retry later")
+        app.refuse_if_full()
         query = environ.get("QUERY_STRING", "")
         req = protocol.parse_register(query, default_timeout_s=config.timeout_s,
                                       max_timeout_s=config.max_timeout_s,

@@ -232,3 +232,27 @@ def child_env() -> dict[str, str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+def open_get(host: str, port: int, path: str, *, close: bool = False):
+    """GET ``path`` on a new gevent socket; return ``(sock, reply)`` with the reply's head read.
+
+    The body is then read line by line as it trickles in (``reply.readline()``); the
+    caller closes ``sock``. gevent is imported here, not at the top: the thread servers
+    in this package must run unpatched.
+    """
+    import http.client
+
+    import gevent.socket
+
+    sock = gevent.socket.socket()
+    try:
+        sock.connect((host, port))
+        extra = "Connection: close\r\n" if close else ""
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+    except BaseException:
+        sock.close()
+        raise
+    return sock, reply

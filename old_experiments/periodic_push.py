@@ -27,7 +27,6 @@ or compare both modes under the same load (each server in its own process)::
 from __future__ import annotations
 
 import argparse
-import http.client
 import logging
 import os
 import queue
@@ -47,6 +46,7 @@ from ._common import (
     format_table,
     log,
     log_listening,
+    open_get,
     os_threads,
     python_module,
     setup_logging,
@@ -232,14 +232,8 @@ def serve_greenlets(host: str, port: int, interval: float, duration: float) -> N
 
 def stream_client(host: str, port: int, lags: list, counts: list) -> None:
     """Open one stream and record each push's lag (arrival minus due) until killed."""
-    import gevent.socket
-
-    sock = gevent.socket.socket()
+    sock, reply = open_get(host, port, "/stream")
     try:
-        sock.connect((host, port))
-        sock.sendall(f"GET /stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        reply = http.client.HTTPResponse(sock)
-        reply.begin()
         index = len(counts)
         counts.append(0)
         while line := reply.readline():

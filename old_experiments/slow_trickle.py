@@ -18,7 +18,6 @@ or let it load itself with hundreds of concurrent clients and report::
 from __future__ import annotations
 
 import argparse
-import http.client
 import logging
 import os
 import signal
@@ -31,7 +30,7 @@ import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
-from ._common import add_server_args, cpu_seconds, log, log_listening, os_threads, setup_logging
+from ._common import add_server_args, cpu_seconds, log, log_listening, open_get, os_threads, setup_logging
 
 #: Bounds on what a request may ask for, so no request trickles forever.
 MAX_CHUNKS = 1000
@@ -85,12 +84,8 @@ def make_server(host: str, port: int, chunks: int, interval: float) -> tuple[WSG
 def fetch(host: str, port: int, path: str = "/", timeout: float = 60) -> list[tuple[float, str]]:
     """GET ``path`` and return (arrival time, line) for each line of the page as it arrives."""
     with gevent.Timeout(timeout):
-        sock = gevent.socket.socket()
+        sock, reply = open_get(host, port, path, close=True)
         try:
-            sock.connect((host, port))
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            reply = http.client.HTTPResponse(sock)
-            reply.begin()
             if reply.status != 200:
                 raise RuntimeError(f"{path}: HTTP {reply.status}")
             lines = []
