@@ -1,9 +1,11 @@
 """Whole processes: graceful shutdown, restart, start-up configuration."""
+import signal
 import subprocess
 import sys
 import time
 
 import gevent
+import pytest
 import requests
 
 from .helpers import Comet, ServerProcess
@@ -14,7 +16,8 @@ def held_polls(url: str, starts: list[dict], channel: str) -> list[gevent.Greenl
         "channel": channel, "since": s["cursor"], "client": s["client"], "timeout": 30}) for s in starts]
 
 
-def test_sigterm_answers_every_held_request_with_reconnect_then_exits_0():
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_answers_every_held_request_with_reconnect_then_exits_0(signum):
     proc = ServerProcess()
     try:
         comet = Comet(proc.url)
@@ -23,7 +26,7 @@ def test_sigterm_answers_every_held_request_with_reconnect_then_exits_0():
         held = held_polls(proc.url, starts, "bye")
         assert comet.http.get(proc.url + "/stats", params={"waiting": 40, "timeout": 10}).json()["waiting"] == 40
         signalled = time.monotonic()
-        proc.proc.terminate()
+        proc.proc.send_signal(signum)
         replies = [g.get(timeout=5) for g in held]
         answered_s = time.monotonic() - signalled
         assert proc.proc.wait(5) == 0
