@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 Reply = tuple[int, bytes, str, tuple[tuple[str, str], ...]]  # status, body, type, headers
 JSON = "application/json"
-STATUS_TEXT = {200: "200 OK", 204: "204 No Content", 303: "303 See Other", 500: "500 Internal Server Error"}
+STATUS_TEXT = {200: "200 OK"}  # filled in by status_line()
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
 
@@ -92,6 +92,8 @@ class CometApp:
         self._origins = config.cors_origin_set
         self._token = config.notify_token.encode()
         self._stopping = Event()
+        #: Headers added to every response (a worker process names itself here).
+        self.extra_headers: tuple[tuple[str, str], ...] = ()
         self.routes: dict[str, dict[str, Callable[[dict], Reply | Iterable[bytes]]]] = {
             "/": {"GET": self.index},
             "/register": {"GET": self.register},
@@ -112,8 +114,22 @@ class CometApp:
     # -- WSGI entry --------------------------------------------------------
 
     def __call__(self, environ: dict, start_response) -> Iterable[bytes]:
-        cors: tuple[tuple[str, str], ...] = ()
         environ["geventcomet.start_response"] = start_response  # for streaming handlers (/stream)
+        reply = self.respond(environ)
+        if not isinstance(reply, tuple):  # a streaming response sets its own headers
+            return reply
+        status, body, content_type, headers = reply
+        start_response(status_line(status), [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                                             ("Cache-Control", "no-store"), *headers])
+        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+
+    def respond(self, environ: dict) -> Reply | Iterable[bytes]:
+        """Route one request: a whole :data:`Reply` (CORS and extra headers included), or a stream.
+
+        The server's fast path calls this directly for ``GET /register`` with a small environ
+        (method, path, query, ``HTTP_*`` headers, socket); WSGI servers go through ``__call__``.
+        """
+        cors: tuple[tuple[str, str], ...] = ()
         try:
             cors = self._cors_headers(environ)
             methods = self.routes.get(environ.get("PATH_INFO", ""))
@@ -135,13 +151,12 @@ class CometApp:
         except Exception:
             log.exception("error handling %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             reply = (500, b'{"error": "internal server error"}', JSON, ())
-        if not isinstance(reply, tuple):  # a streaming response sets its own headers
+        if not isinstance(reply, tuple):
             return reply
-        status, body, content_type, headers = reply
-        start_response(STATUS_TEXT.get(status) or f"{status} {_reason(status)}",
-                       [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                        ("Cache-Control", "no-store"), *headers, *cors])
-        return [b"" if environ["REQUEST_METHOD"] == "HEAD" else body]
+        if cors or self.extra_headers:
+            status, body, content_type, headers = reply
+            return (status, body, content_type, (*headers, *cors, *self.extra_headers))
+        return reply
 
     def _cors_headers(self, environ: dict) -> tuple[tuple[str, str], ...]:
         origin = environ.get("HTTP_ORIGIN")
@@ -301,11 +316,15 @@ def _bearer_token(header: str) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+def status_line(status: int) -> str:
+    """``200`` -> ``"200 OK"``."""
+    text = STATUS_TEXT.get(status)
+    if text is None:
+        try:
+            text = STATUS_TEXT[status] = f"{status} {HTTPStatus(status).phrase}"
+        except ValueError:
+            text = f"{status} Unknown"
+    return text
 
 
 @lru_cache(maxsize=None)

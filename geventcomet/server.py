@@ -31,7 +31,7 @@ LISTEN_BACKLOG = 4096
 #: After the held requests are answered, how long other in-flight requests get.
 DRAIN_TIMEOUT_S = 0.5
 #: Collector thresholds for the server process: see :func:`tune_gc`.
-GC_THRESHOLDS = (10_000, 20, 10)
+GC_THRESHOLDS = (100_000, 20, 10)
 
 
 class CometServer(WSGIServer):
@@ -93,11 +93,12 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def serve(config: Config, listener=None, *, wrap_app=None, stop: Event | None = None) -> int:
+def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str], ...] = (),
+          stop: Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop``), then stop gracefully. Returns the exit status.
 
     ``listener`` is a bound socket to serve on (a worker's SO_REUSEPORT socket);
-    ``wrap_app`` wraps the WSGI application (a worker adds its header).
+    ``extra_headers`` go on every response (a worker names itself).
     """
     raise_open_file_limit()
     try:
@@ -108,8 +109,7 @@ def serve(config: Config, listener=None, *, wrap_app=None, stop: Event | None = 
     except (OSError, ValueError, BackendError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    if wrap_app is not None:
-        server.application = wrap_app(server.application)
+    server.app.extra_headers = extra_headers
     tune_gc()
     server.start()
     log.info("geventcomet listening on http://%s:%d/ (max %d waiting requests)",

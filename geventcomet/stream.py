@@ -166,7 +166,7 @@ class StreamEndpoint:
         first = app._call_backend(hold, app.hub, app.backend, channels, positions, cursor.epoch, 0, None)
         start_response = environ["geventcomet.start_response"]
         start_response("200 OK", [("Content-Type", CONTENT_TYPE), *_BATCH_HEADERS,
-                                  *app._cors_headers(environ)])
+                                  *app._cors_headers(environ), *app.extra_headers])
         if environ["REQUEST_METHOD"] == "HEAD":
             return [b""]
         sock = environ.get("geventcomet.socket") or environ.get("gunicorn.socket")

@@ -183,15 +183,9 @@ def run_workers(config: Config) -> int:
 
 # -- inside a worker -----------------------------------------------------------
 
-def with_worker_header(app):
-    """Wrap a WSGI app so every response says which worker process answered."""
-    header = ("X-Geventcomet-Worker", str(os.getpid()))
-
-    def worker_app(environ, start_response):
-        return app(environ, lambda status, headers, exc_info=None: start_response(
-            status, [*headers, header], exc_info))
-
-    return worker_app
+def worker_headers() -> tuple[tuple[str, str], ...]:
+    """The header that tells which worker process answered (tests use it to pin workers)."""
+    return (("X-Geventcomet-Worker", str(os.getpid())),)
 
 
 def _stop_with_parent(parent: int, stop: Event) -> None:
@@ -216,4 +210,4 @@ def worker_main() -> None:
         sys.exit(1)
     stop = Event()
     gevent.spawn(_stop_with_parent, os.getppid(), stop)
-    sys.exit(serve(config, listener, wrap_app=with_worker_header, stop=stop))
+    sys.exit(serve(config, listener, extra_headers=worker_headers(), stop=stop))

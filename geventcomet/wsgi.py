@@ -25,15 +25,14 @@ _app = None
 
 def create_app() -> CometApp:
     """Build the app from the environment; each response names its worker process."""
-    from .workers import with_worker_header
+    from .workers import worker_headers
     config = Config.from_env()
     if config.backend.split(":", 1)[0].lower() != "redis":
         log.warning("backend %s is not shared between processes: run ONE worker with it, "
                     "or use redis:// for several", config.backend)
     comet = make_app(config)
-    wrapped = with_worker_header(comet)
-    wrapped.comet = comet  # type: ignore[attr-defined]
-    return wrapped
+    comet.extra_headers = worker_headers()
+    return comet
 
 
 def __getattr__(name: str):
