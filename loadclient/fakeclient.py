@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from urllib.parse import quote
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 REPLY_GRACE_S = 10.0
 #: Consecutive failures (transport errors, 503s) after which a client gives up.
 MAX_ERRORS_IN_ROW = 20
+#: A cursor of only these characters goes into the query as it is (geventcomet's always
+#: do); quote() walks it character by character, ~4 % of a load process's CPU.
+PLAIN_CURSOR = re.compile(r"[A-Za-z0-9_.:~@-]*\Z")
 #: Retry pause after a transport error doubles from this, up to RETRY_MAX_S.
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
@@ -101,7 +105,8 @@ class FakeClient:
         for channel in self.channels:
             parts += ("&channel=", channel)
         if self.cursor is not None:
-            parts += ("&since=", quote(self.cursor, safe="~"))
+            cursor = self.cursor
+            parts += ("&since=", cursor if PLAIN_CURSOR.match(cursor) else quote(cursor, safe="~"))
         if self.client_id is not None:
             parts += ("&client=", self.client_id)
         return "".join(parts)
@@ -184,7 +189,7 @@ class FakeClient:
                 self.ends += 1
             else:
                 report.events_received += 1
-                report.latency.add(now - data["t"])
+                report.add_latency(seq, now - data["t"])
         self.cursor = reply.get("cursor", self.cursor)
         self.client_id = reply.get("client", self.client_id)
         return got

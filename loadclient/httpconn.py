@@ -17,7 +17,8 @@ from gevent import socket
 #: Linux: let connect() pick the source port, so a bound source address does not
 #: use up its port range at bind() time (each address then has ~28k ports per server).
 IP_BIND_ADDRESS_NO_PORT = getattr(_stdsocket, "IP_BIND_ADDRESS_NO_PORT", 24)
-RECV_BYTES = 65536
+#: Bytes asked of each recv(): a poll reply is a few hundred; recv() allocates this much first.
+RECV_BYTES = 16384
 
 
 class HTTPError(Exception):

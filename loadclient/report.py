@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, fields
 
 from .histogram import Histogram
 
+#: Events 1..N of each channel also get a latency histogram of their own, so a fan-out
+#: run can tell the first notify (cold) from the next ones.
+SEQS_TRACKED = 8
 #: Integer counters that merge by addition.
 _SUMMED = ("clients", "ready", "requests", "responses", "in_flight", "timeouts", "events_sent",
            "events_received", "end_markers_sent", "end_markers_received", "lost", "duplicated",
@@ -50,6 +53,8 @@ class Report:
     errors: dict[str, int] = field(default_factory=dict)
     #: notify -> receive latency of every event received (send timestamp in the event)
     latency: Histogram = field(default_factory=Histogram)
+    #: the same, for each of the first :data:`SEQS_TRACKED` events of a channel, by its seq
+    latency_by_seq: dict[int, Histogram] = field(default_factory=dict)
     #: seconds from start until every client had its cursor and was polling
     ready_s: float = 0.0
     #: seconds of the notify phase (after all clients were ready)
@@ -63,6 +68,15 @@ class Report:
         """Requests that never got a reply (errors and cut-off requests included)."""
         return self.requests - self.responses - self.abandoned
 
+    def add_latency(self, seq: int, seconds: float) -> None:
+        """Record one received event's notify -> receive time."""
+        self.latency.add(seconds)
+        if seq <= SEQS_TRACKED:
+            histogram = self.latency_by_seq.get(seq)
+            if histogram is None:
+                histogram = self.latency_by_seq[seq] = Histogram()
+            histogram.add(seconds)
+
     def count_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
@@ -73,6 +87,8 @@ class Report:
         for kind, n in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + n
         self.latency.merge(other.latency)
+        for seq, histogram in other.latency_by_seq.items():
+            self.latency_by_seq.setdefault(seq, Histogram()).merge(histogram)
         self.ready_s = max(self.ready_s, other.ready_s)
         self.cpu_s += other.cpu_s
 
@@ -88,10 +104,11 @@ class Report:
 
     def to_dict(self) -> dict:
         """The JSON report (latency as percentiles in milliseconds)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("latency")}
         out["errors"] = dict(self.errors)
         out["unanswered"] = self.unanswered
         out["latency_ms"] = self.latency.summary_ms()
+        out["latency_ms_by_seq"] = {str(s): h.summary_ms() for s, h in sorted(self.latency_by_seq.items())}
         out["ok"] = self.ok
         for name in ("ready_s", "duration_s", "cpu_s"):
             out[name] = round(out[name], 3)
@@ -99,15 +116,17 @@ class Report:
 
     def to_wire(self) -> dict:
         """Everything, histogram included, for a worker process to send to its parent."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "latency"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("latency")}
         out["latency"] = self.latency.to_dict()
+        out["latency_by_seq"] = {str(s): h.to_dict() for s, h in self.latency_by_seq.items()}
         return out
 
     @classmethod
     def from_wire(cls, data: dict) -> "Report":
         data = dict(data)
         latency = Histogram.from_dict(data.pop("latency"))
-        return cls(latency=latency, **data)
+        by_seq = {int(s): Histogram.from_dict(h) for s, h in data.pop("latency_by_seq", {}).items()}
+        return cls(latency=latency, latency_by_seq=by_seq, **data)
 
     def progress_line(self) -> str:
         """One line: connected, requests, replies, in flight, timeouts, errors, events, latency."""

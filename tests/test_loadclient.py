@@ -42,6 +42,17 @@ def test_several_channels_per_client_and_two_processes(server):
     assert report.ok
 
 
+def test_the_first_events_of_a_channel_have_latencies_of_their_own(server):
+    """A fan-out run tells its first notify from the next: seqs 1 and 2, merged over processes."""
+    report = run(server.url, clients=40, duration=1.0, channels=1, notify_rate=50, notify_count=2,
+                 poll_timeout=5, progress=0, procs=2)
+    assert report.ok and report.events_sent == 2
+    assert sorted(report.latency_by_seq) == [1, 2]
+    assert [h.count for h in report.latency_by_seq.values()] == [40, 40]
+    assert sum(h.count for h in report.latency_by_seq.values()) == report.latency.count
+    assert set(report.to_dict()["latency_ms_by_seq"]) == {"1", "2"}
+
+
 class DroppingServer:
     """A test double speaking the protocol, which acknowledges every notify but stores
     only four events in five (ids 3, 8, 13 ... are dropped on the floor)."""
