@@ -221,3 +221,44 @@ def test_cors_allows_listed_origins_and_refuses_others(start_server):
     assert bad.status_code == 403 and "not allowed" in bad.json()["error"]
     same = requests.get(server.url + "/stats", headers={"Origin": server.url}, timeout=10)
     assert same.status_code == 200
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_the_fast_path_and_the_wsgi_path_answer_register_alike(start_server, access_log):
+    """GET /register over HTTP/1.1 skips pywsgi's WSGI machinery; HTTP/1.0 (and an access log) use it.
+
+    The two must give the same status, headers and body: here with a backlog to return,
+    a cross-origin caller, and a bad request.
+    """
+    server = start_server(cors_origins="http://app.example", access_log=access_log)
+    comet = Comet(server.url)
+    first = comet.register("same", timeout=0, client="c1")
+    comet.notify("same", {"n": 1})
+    query = f"/register?channel=same&timeout=0&client=c1&since={first['cursor']}"
+    replies = {}
+    for version in ("HTTP/1.1", "HTTP/1.0"):
+        for path in (query, "/register?channel=bad%20name"):
+            request = (f"GET {path} {version}\r\nHost: x\r\nOrigin: http://app.example\r\n"
+                       "Connection: close\r\n\r\n").encode()
+            status, headers, body = raw_request(server.port, request)
+            headers.pop("date")
+            headers.pop("connection", None)  # pywsgi answers an HTTP/1.0 "close" with its own header
+            replies[version, path] = (status, headers, json.loads(body))
+    for path in (query, "/register?channel=bad%20name"):
+        assert replies["HTTP/1.1", path] == replies["HTTP/1.0", path]
+    status, headers, body = replies["HTTP/1.1", query]
+    assert status == 200 and [e["data"] for e in body["events"]] == [{"n": 1}]
+    assert headers["access-control-allow-origin"] == "http://app.example"
+    assert headers["cache-control"] == "no-store" and headers["content-type"] == "application/json"
+    assert replies["HTTP/1.1", "/register?channel=bad%20name"][0] == 400
+
+
+def test_a_register_with_a_body_is_read_past_before_the_next_request(server):
+    """A GET with a body takes the WSGI path, which discards the body: the next request stays in step."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /register?channel=b&timeout=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                     b"GET /register?channel=b&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        pending = bytearray()
+        for _ in range(2):
+            status, _headers, body = read_reply(sock, pending)
+            assert status == 200 and json.loads(body)["timeout"] is True
