@@ -86,8 +86,11 @@ def tune_gc() -> None:
     With the default thresholds (700, 10, 10) the collector re-traverses the objects of
     every parked request again and again: in a 5,000-client fan-out cycle it took 1.1 s
     of the server's 4 s of CPU, in full collections of ~90 ms each (bench/RESULTS.md).
-    Startup objects are frozen out of collection; young collections run every 10,000
-    net allocations and full ones rarely. Only the server process does this, never the library.
+    Startup objects are frozen out of collection. A young collection waits for 100,000
+    net allocations: a fan-out frees each woken request's objects before its re-poll
+    allocates new ones, so a round of 10,000 re-polls then triggers none, where a
+    threshold of 10,000 gave ~7 collections per round of 15 ms each (~14 us per poll).
+    Only the server process does this, never the library.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

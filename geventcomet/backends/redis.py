@@ -58,7 +58,7 @@ from ..config import Config
 from ..errors import BackendError
 from . import Backend, ChannelRead
 from .redis_batch import PUBLISH_OP, READ_OP, ZADD_OP, ZSCORE_OP, Batcher, PublishBatcher
-from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ
+from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ, epoch_candidate
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class RedisBackend(Backend):
         try:
             epoch, seq, duplicate = self._publisher.call(PUBLISH_OP, (
                 (PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem),
-                (channel, prefix, suffix, secrets.token_hex(4), self._config.backlog, self._age_ms,
+                (channel, prefix, suffix, epoch_candidate(), self._config.backlog, self._age_ms,
                  int(self._config.idempotency_ttl_s * 1000), self._origin,
                  "1" if idempotency_key is not None else "0", PREFIX + "wake")))
         except redis.RedisError as exc:

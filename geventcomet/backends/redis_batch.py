@@ -8,7 +8,6 @@ waiting for a connection of its own (which, past the pool's timeout, would be a 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import deque
 from typing import Any
 
@@ -16,7 +15,7 @@ import gevent
 import redis
 from gevent.hub import Waiter
 
-from .redis_scripts import PREFIX
+from .redis_scripts import PREFIX, epoch_candidate
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class Batcher:
         scores: dict[str, float] = {}
         zadd_at = -1
         commands: list[Any] = []  # Redis commands; a None slot is filled in below
-        candidate = secrets.token_hex(4)
+        candidate = epoch_candidate()
         for op, arg, _ in batch:
             if op == READ_OP:
                 index = reads.get(arg)
