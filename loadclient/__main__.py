@@ -11,7 +11,7 @@ import logging
 import sys
 
 from .report import Report
-from .resources import settle_gc
+from .resources import settle
 from .runner import Options, run
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             report: Report = Console(Options(**fields)).run()
         else:
             fields["duration"] = args.duration if args.duration is not None else 10.0
-            report = run(on_ready=lambda _run: settle_gc(), **fields)  # this process is ours
+            report = run(on_ready=lambda _run: settle(), **fields)  # this process is ours
     except ValueError as exc:
         print(f"loadclient: {exc}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-def settle_gc() -> None:
-    """Take the clients that are up out of the cyclic collector's work, and collect rarely.
+def settle() -> None:
+    """Once the clients are up: take them out of the cyclic collector's work, and collect rarely.
 
     Thousands of fake clients are thousands of long-lived greenlets, sockets and
     buffers; with CPython's default thresholds the collector traversed them again and

@@ -27,7 +27,7 @@ from gevent.fileobject import FileObject
 
 from .group import ClientGroup
 from .report import Report
-from .resources import cpu_seconds, raise_open_file_limit, settle_gc
+from .resources import cpu_seconds, raise_open_file_limit, settle
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _worker_main() -> int:
 
     def announce_ready() -> None:
         group.ready.wait()
-        settle_gc()
+        settle()
         say({"ready": group.report.to_wire()})
 
     announcer = gevent.spawn(announce_ready)
