@@ -62,7 +62,14 @@ def http_date() -> bytes:
     return value
 
 
-FAST_STATUS = {200: b"HTTP/1.1 200 OK\r\n"}
+_STATUS_LINES: dict[int, bytes] = {}  # {200: b"HTTP/1.1 200 OK\r\n", ...}
+
+
+def status_line_bytes(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 " + status_line(status).encode() + b"\r\n"
+    return line
 
 
 class HeaderTimeout(Exception):
@@ -212,7 +219,7 @@ class CometHandler(WSGIHandler):
     # -- the fast path: GET /register without pywsgi's WSGI machinery -------------
     #
     # A poll is most of the traffic, and pywsgi's environ, start_response and
-    # result iteration were a third of a poll's CPU (bench/RESULTS-backends.md).
+    # result iteration were ~20 % of a poll's CPU (bench/RESULTS.md, 2026-11-21).
     # For GET /register over HTTP/1.1 the app's respond() gets a small environ and
     # its reply is written here with one send(); everything else is plain WSGI.
 
@@ -220,7 +227,7 @@ class CometHandler(WSGIHandler):
         self._fast = (self.command == "GET" and self.request_version == "HTTP/1.1"
                       and self.path.partition("?")[0] == "/register" and not self.content_length
                       and self.headers.get("transfer-encoding") is None
-                      and not self.server.access_log_enabled and hasattr(self.server, "app"))
+                      and not self.server.access_log_enabled)
         return self._fast
 
     def _fast_environ(self) -> dict:
@@ -243,9 +250,9 @@ class CometHandler(WSGIHandler):
         except ClientGone:
             self.close_connection = True
             return None
-        head = [FAST_STATUS.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, status_line(status)[4:].encode()),
-                b"Content-Type: ", content_type.encode(), b"\r\nContent-Length: ", b"%d" % len(body),
-                b"\r\nCache-Control: no-store\r\nDate: ", http_date(), b"\r\n"]
+        head = [status_line_bytes(status), b"Content-Type: ", content_type.encode(),
+                b"\r\nContent-Length: ", b"%d" % len(body), b"\r\nCache-Control: no-store\r\nDate: ",
+                http_date(), b"\r\n"]
         for name, value in headers:
             if name == "Connection" and value == "close":
                 self.close_connection = True
