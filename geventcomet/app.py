@@ -196,6 +196,8 @@ class CometApp:
             body = json_bytes({"error": "server is shutting down; poll again with this cursor",
                                "reconnect": True, "cursor": cursor, "client": client})
             return (503, body, JSON, (("Retry-After", "1"), ("Connection", "close")))
+        if result.woken:  # part of a fan-out: see CometHandler.handle_one_response
+            environ["geventcomet.woken"] = True
         stats = self.stats
         stats.polls += 1
         stats.delivered += len(result.events)
