@@ -61,6 +61,8 @@ class Stats:
     polls: int = 0  # register replies sent
     timeouts: int = 0
     disconnects: int = 0
+    gc_collections: int = 0  # cyclic collections, and the seconds they took (server process only)
+    gc_s: float = 0.0
 
 
 def fd_limit() -> int:

@@ -101,13 +101,14 @@ class ServerProcess:
     Its log is drained by a greenlet; ``url`` is known once it logs that it listens.
     """
 
-    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 15) -> None:
+    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 15,
+                 python_args: tuple[str, ...] = ("-m", "geventcomet")) -> None:
         self.log: list[str] = []
         self.urls: list[str] = []
         self._ready = Event()
         self._new_line = Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "geventcomet", "serve", "--port", "0", *args],
+            [sys.executable, *python_args, "serve", "--port", "0", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})})
         self._reader = gevent.spawn(self._drain)

@@ -80,3 +80,21 @@ def test_bad_configuration_is_refused_with_a_clear_message():
     result = subprocess.run([sys.executable, "-m", "geventcomet", "serve", "--backend", "nosuch://x"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "unknown backend" in result.stderr
+
+
+def test_the_server_counts_its_cyclic_collections_for_stats():
+    """``tune_gc(stats)`` counts every collection and its time (``gc_collections``, ``gc_s`` in /stats).
+
+    In a child process: tune_gc changes the collector for the whole process.
+    """
+    check = ("import gc; from geventcomet.app import Stats; from geventcomet.server import tune_gc; "
+             "stats = Stats(); tune_gc(stats); gc.collect(); gc.collect(0); "
+             "assert stats.gc_collections == 2 and stats.gc_s > 0, stats")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    server = ServerProcess()
+    try:
+        stats = requests.get(server.url + "/stats", timeout=5).json()
+        assert isinstance(stats["gc_collections"], int) and isinstance(stats["gc_s"], float)
+    finally:
+        server.stop()
