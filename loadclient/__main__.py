@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--think", type=float, default=0.0,
                    help="pause after each reply before polling again, s (default 0)")
     p.add_argument("--procs", type=int, default=1, help="processes holding the clients")
+    p.add_argument("--nice", type=int, default=0,
+                   help="with --procs: lower the client processes' CPU priority by this much, so that "
+                        "on the server's machine they take only the CPU it leaves (default 0)")
     p.add_argument("--source-ips", default=None,
                    help="comma-separated local addresses to bind (default with --procs > 1 on "
                         "loopback: 127.0.0.2, 127.0.0.3 ...)")

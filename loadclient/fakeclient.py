@@ -72,7 +72,8 @@ class FakeClient:
         try:
             try:
                 with group.connect_slots:  # bounds simultaneous connects during a ramp
-                    self._apply(self._poll(0.0), time.time(), first=True)
+                    reply, arrived = self._poll(0.0)
+                    self._apply(reply, arrived, first=True)
                     self.floors = [group.floor_for(ch) for ch in self.channels]
             finally:
                 group.client_started()
@@ -80,8 +81,8 @@ class FakeClient:
             group.client_ready()
             final_check = False
             while self.ends < len(self.channels):
-                reply = self._poll(0.0 if final_check else group.poll_timeout_s)
-                got = self._apply(reply, time.time())
+                reply, arrived = self._poll(0.0 if final_check else group.poll_timeout_s)
+                got = self._apply(reply, arrived)
                 if got and group.think_s and not group.finishing.is_set():
                     gevent.sleep(group.think_s)  # a browser's pause before it polls again
                 if group.finishing.is_set() and not got:
@@ -111,7 +112,7 @@ class FakeClient:
             parts += ("&client=", self.client_id)
         return "".join(parts)
 
-    def _poll(self, timeout_s: float) -> dict:
+    def _poll(self, timeout_s: float) -> tuple[dict, float]:
         report = self.group.report
         errors_in_row = 0
         while True:
@@ -128,9 +129,10 @@ class FakeClient:
             else:
                 self._request_done()
                 report.responses += 1
+                report.unstamped += not reply.stamped
                 if reply.status == 200:
                     try:
-                        return json.loads(reply.body)
+                        return json.loads(reply.body), reply.arrived
                     except ValueError:
                         report.count_error("bad_json")
                         raise GiveUp("reply is not JSON") from None
@@ -160,14 +162,18 @@ class FakeClient:
         except ValueError:
             return 1.0
 
-    def _apply(self, reply: dict, now: float, first: bool = False) -> bool:
-        """Check a reply's events against the sequences; True if it carried any of ours."""
+    def _apply(self, reply: dict, arrived: float, first: bool = False) -> bool:
+        """Check a reply's events against the sequences; True if it carried any of ours.
+
+        ``arrived``: when the reply reached this host (:attr:`~.httpconn.Reply.arrived`).
+        """
         report = self.group.report
         if reply.get("timeout") and not first:  # the first poll asks for timeout=0
             report.timeouts += 1
         if reply.get("recovered") is False:
             report.recovered_false += 1
         got = False
+        handled = time.time()
         for event in reply.get("events", ()):
             try:
                 index = self.channels.index(event["channel"])
@@ -189,7 +195,8 @@ class FakeClient:
                 self.ends += 1
             else:
                 report.events_received += 1
-                report.add_latency(seq, now - data["t"])
+                sent = data["t"]
+                report.add_latency(seq, arrived - sent, handled - sent)
         self.cursor = reply.get("cursor", self.cursor)
         self.client_id = reply.get("client", self.client_id)
         return got

@@ -11,6 +11,9 @@ Only what geventcomet (and servers speaking its protocol) answer is supported:
 from __future__ import annotations
 
 import socket as _stdsocket
+import struct
+import sys
+import time
 
 from gevent import socket
 
@@ -19,6 +22,10 @@ from gevent import socket
 IP_BIND_ADDRESS_NO_PORT = getattr(_stdsocket, "IP_BIND_ADDRESS_NO_PORT", 24)
 #: Bytes asked of each recv(): a poll reply is a few hundred; recv() allocates this much first.
 RECV_BYTES = 16384
+#: Linux's SO_TIMESTAMPNS (Python does not name it): the kernel stamps each segment as it
+#: arrives, and recvmsg() hands the stamp over as ancillary data (SCM_TIMESTAMPNS, the same number).
+SO_TIMESTAMPNS = 35 if sys.platform == "linux" else None
+_TIMESPEC = struct.Struct("@qq")
 
 
 class HTTPError(Exception):
@@ -32,12 +39,17 @@ class HTTPError(Exception):
 class Reply:
     """One HTTP response: ``status`` (int), raw ``body`` bytes, and :attr:`headers` on demand."""
 
-    __slots__ = ("status", "head", "body", "_headers")
+    __slots__ = ("status", "head", "body", "arrived", "stamped", "_headers")
 
-    def __init__(self, status: int, head: bytes, body: bytes) -> None:
+    def __init__(self, status: int, head: bytes, body: bytes, arrived: float, stamped: bool = False) -> None:
         self.status = status
         self.head = head
         self.body = body
+        #: wall-clock time the reply's first bytes reached this host's socket: the kernel's
+        #: stamp when ``stamped``, else when they were read (Linux stamps only once timestamping
+        #: is on, which it turns on a moment after the first socket asks for it)
+        self.arrived = arrived
+        self.stamped = stamped
         self._headers: dict[str, str] | None = None
 
     @property
@@ -76,6 +88,8 @@ class Connection:
             if self.source:
                 sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 sock.bind((self.source, 0))
+            if SO_TIMESTAMPNS is not None:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.settimeout(self.timeout_s)
             sock.connect((self.host, self.port))
         except OSError as exc:
@@ -122,13 +136,17 @@ class Connection:
 
     def _read_reply(self, sock) -> Reply:
         buf = self._buf
+        arrived, stamped = (time.time() if buf else 0.0), False  # pipelined: came with the previous reply
         while True:
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
                 break
             if len(buf) > 65536:
                 raise HTTPError("bad_reply", "reply head too large")
-            chunk = sock.recv(RECV_BYTES)
+            if arrived:
+                chunk = sock.recv(RECV_BYTES)
+            else:
+                chunk, arrived, stamped = self._recv_stamped(sock)
             if not chunk:
                 raise HTTPError("closed" if not buf else "bad_reply", "connection closed before a reply")
             buf += chunk
@@ -151,7 +169,7 @@ class Connection:
                 rest += chunk
             self.close()
             self._buf = b""
-            return Reply(status, head, rest)
+            return Reply(status, head, rest, arrived, stamped)
         stop = lower.find(b"\r\n", at + 2)
         need = int(lower[at + 17:stop if stop >= 0 else len(lower)])
         while len(rest) < need:
@@ -162,7 +180,19 @@ class Connection:
         self._buf = rest[need:]
         if close:
             self.close()
-        return Reply(status, head, rest[:need])
+        return Reply(status, head, rest[:need], arrived, stamped)
+
+    @staticmethod
+    def _recv_stamped(sock) -> tuple[bytes, float, bool]:
+        """recv() plus when the bytes arrived: the kernel's stamp (True), or now (False)."""
+        if SO_TIMESTAMPNS is None:
+            return sock.recv(RECV_BYTES), time.time(), False
+        chunk, ancillary, _, _ = sock.recvmsg(RECV_BYTES, 64)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+                return chunk, seconds + nanoseconds * 1e-9, True
+        return chunk, time.time(), False
 
 
 def split_url(url: str) -> tuple[str, int]:

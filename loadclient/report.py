@@ -11,13 +11,17 @@ from dataclasses import dataclass, field, fields
 
 from .histogram import Histogram
 
-#: Events 1..N of each channel also get a latency histogram of their own, so a fan-out
+#: Events 1..N of each channel also get latency histograms of their own, so a fan-out
 #: run can tell the first notify (cold) from the next ones.
 SEQS_TRACKED = 8
+#: The latency histograms, each with its per-seq dict ``NAME_by_seq``: ``latency`` ends
+#: when the reply reached the client's socket, ``handled_latency`` when the client read it.
+_LATENCIES = ("latency", "handled_latency")
+_HISTOGRAM_FIELDS = (*_LATENCIES, *(f"{name}_by_seq" for name in _LATENCIES))
 #: Integer counters that merge by addition.
 _SUMMED = ("clients", "ready", "requests", "responses", "in_flight", "timeouts", "events_sent",
            "events_received", "end_markers_sent", "end_markers_received", "lost", "duplicated",
-           "recovered_false", "abandoned", "clients_failed", "notify_errors")
+           "recovered_false", "abandoned", "clients_failed", "notify_errors", "unstamped")
 
 
 @dataclass
@@ -51,10 +55,17 @@ class Report:
     notify_errors: int = 0
     #: failures by kind: connect, reset, closed, timeout, bad_reply, http_503, http_4xx, ...
     errors: dict[str, int] = field(default_factory=dict)
-    #: notify -> receive latency of every event received (send timestamp in the event)
+    #: notify -> arrival latency of every event received: from the notifier's timestamp in
+    #: the event to the kernel's stamp on the reply reaching the client's socket. A remote
+    #: browser's figure: it leaves out how long a busy load client takes to get to the reply.
     latency: Histogram = field(default_factory=Histogram)
-    #: the same, for each of the first :data:`SEQS_TRACKED` events of a channel, by its seq
+    #: notify -> the fake client reading the reply (arrival plus the load client's own delay)
+    handled_latency: Histogram = field(default_factory=Histogram)
+    #: replies without the kernel's arrival stamp, whose read time stood in for it
+    unstamped: int = 0
+    #: both, for each of the first :data:`SEQS_TRACKED` events of a channel, by its seq
     latency_by_seq: dict[int, Histogram] = field(default_factory=dict)
+    handled_latency_by_seq: dict[int, Histogram] = field(default_factory=dict)
     #: seconds from start until every client had its cursor and was polling
     ready_s: float = 0.0
     #: seconds of the notify phase (after all clients were ready)
@@ -68,14 +79,16 @@ class Report:
         """Requests that never got a reply (errors and cut-off requests included)."""
         return self.requests - self.responses - self.abandoned
 
-    def add_latency(self, seq: int, seconds: float) -> None:
-        """Record one received event's notify -> receive time."""
-        self.latency.add(seconds)
+    def add_latency(self, seq: int, arrived_s: float, handled_s: float) -> None:
+        """Record one received event's notify -> arrival and notify -> handled times."""
+        self.latency.add(arrived_s)
+        self.handled_latency.add(handled_s)
         if seq <= SEQS_TRACKED:
-            histogram = self.latency_by_seq.get(seq)
-            if histogram is None:
-                histogram = self.latency_by_seq[seq] = Histogram()
-            histogram.add(seconds)
+            for by_seq, seconds in ((self.latency_by_seq, arrived_s), (self.handled_latency_by_seq, handled_s)):
+                histogram = by_seq.get(seq)
+                if histogram is None:
+                    histogram = by_seq[seq] = Histogram()
+                histogram.add(seconds)
 
     def count_error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -86,9 +99,11 @@ class Report:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for kind, n in other.errors.items():
             self.errors[kind] = self.errors.get(kind, 0) + n
-        self.latency.merge(other.latency)
-        for seq, histogram in other.latency_by_seq.items():
-            self.latency_by_seq.setdefault(seq, Histogram()).merge(histogram)
+        for name in _LATENCIES:
+            getattr(self, name).merge(getattr(other, name))
+            mine = getattr(self, f"{name}_by_seq")
+            for seq, histogram in getattr(other, f"{name}_by_seq").items():
+                mine.setdefault(seq, Histogram()).merge(histogram)
         self.ready_s = max(self.ready_s, other.ready_s)
         self.cpu_s += other.cpu_s
 
@@ -104,11 +119,13 @@ class Report:
 
     def to_dict(self) -> dict:
         """The JSON report (latency as percentiles in milliseconds)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("latency")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _HISTOGRAM_FIELDS}
         out["errors"] = dict(self.errors)
         out["unanswered"] = self.unanswered
-        out["latency_ms"] = self.latency.summary_ms()
-        out["latency_ms_by_seq"] = {str(s): h.summary_ms() for s, h in sorted(self.latency_by_seq.items())}
+        for name in _LATENCIES:
+            out[f"{name}_ms"] = getattr(self, name).summary_ms()
+            out[f"{name}_ms_by_seq"] = {str(s): h.summary_ms()
+                                        for s, h in sorted(getattr(self, f"{name}_by_seq").items())}
         out["ok"] = self.ok
         for name in ("ready_s", "duration_s", "cpu_s"):
             out[name] = round(out[name], 3)
@@ -116,17 +133,19 @@ class Report:
 
     def to_wire(self) -> dict:
         """Everything, histogram included, for a worker process to send to its parent."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("latency")}
-        out["latency"] = self.latency.to_dict()
-        out["latency_by_seq"] = {str(s): h.to_dict() for s, h in self.latency_by_seq.items()}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _HISTOGRAM_FIELDS}
+        for name in _LATENCIES:
+            out[name] = getattr(self, name).to_dict()
+            out[f"{name}_by_seq"] = {str(s): h.to_dict() for s, h in getattr(self, f"{name}_by_seq").items()}
         return out
 
     @classmethod
     def from_wire(cls, data: dict) -> "Report":
         data = dict(data)
-        latency = Histogram.from_dict(data.pop("latency"))
-        by_seq = {int(s): Histogram.from_dict(h) for s, h in data.pop("latency_by_seq", {}).items()}
-        return cls(latency=latency, latency_by_seq=by_seq, **data)
+        for name in _LATENCIES:
+            data[name] = Histogram.from_dict(data[name])
+            data[f"{name}_by_seq"] = {int(s): Histogram.from_dict(h) for s, h in data[f"{name}_by_seq"].items()}
+        return cls(**data)
 
     def progress_line(self) -> str:
         """One line: connected, requests, replies, in flight, timeouts, errors, events, latency."""
@@ -140,7 +159,7 @@ class Report:
     def format_text(self) -> str:
         """The human-readable final report."""
         d = self.to_dict()
-        lat = d["latency_ms"]
+        lat, read = d["latency_ms"], d["handled_latency_ms"]
         lines = [
             "loadclient report",
             f"  clients            {self.clients} ({self.ready} polling, {self.clients_failed} failed), "
@@ -155,7 +174,10 @@ class Report:
             f"  duplicated         {self.duplicated}",
             f"  recovered: false   {self.recovered_false}",
             f"  errors             {d['errors'] or 0}",
-            f"  latency ms         p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
+            f"  latency ms         p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}"
+            f"  (notify -> arrival; {self.unstamped} replies unstamped)",
+            f"  handled ms         p50 {read['p50']}  p90 {read['p90']}  p99 {read['p99']}  max {read['max']}"
+            "  (notify -> read by the fake client)",
             f"  load client CPU    {d['cpu_s']} s",
             f"  result             {'OK' if self.ok else 'FAILED'}",
         ]

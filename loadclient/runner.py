@@ -58,6 +58,10 @@ class Options:
     think: float = 0.0
     #: processes holding the clients (the notifier stays in this one)
     procs: int = 1
+    #: lower those processes' CPU priority by this much (``os.nice``; needs ``procs`` >= 2).
+    #: On a machine shared with the server, the fake clients then take the CPU it leaves,
+    #: as remote browsers would; latency is stamped on arrival, so it stays the server's.
+    nice: int = 0
     #: local addresses to bind client sockets to (None: 127.0.0.2, .3 ... with procs > 1)
     source_ips: list[str] | None = None
     #: channel names are PREFIX0, PREFIX1 ...; default ``lc-RUNID-`` (unique per run)
@@ -79,6 +83,9 @@ class Run:
     def __init__(self, options: Options, *, out=sys.stderr) -> None:
         if options.clients < 0 or options.procs < 1 or options.channels < 1:
             raise ValueError("clients >= 0, procs >= 1 and channels >= 1 are required")
+        if options.nice and options.procs < 2:
+            raise ValueError("--nice needs --procs 2 or more: it lowers the client processes' priority, "
+                             "and with one process the notifier would be lowered too")
         raise_open_file_limit()
         self.options = options
         self.out = out
@@ -116,7 +123,7 @@ class Run:
                     "url": opts.url, "channels": self.channels, "clients": share,
                     "channels_per_client": opts.channels_per_client, "poll_timeout": opts.poll_timeout,
                     "first_index": first, "source": sources[i], "ramp": opts.ramp / opts.procs,
-                    "progress_interval": opts.progress or 1.0, "think": opts.think})
+                    "progress_interval": opts.progress or 1.0, "think": opts.think, "nice": opts.nice})
             first += share
             self.groups.append(group)
         if opts.progress > 0:

@@ -92,6 +92,8 @@ def _worker_main() -> int:
     raise_open_file_limit()
     stdin = FileObject(sys.stdin.fileno(), "rb", close=False)
     spec = json.loads(stdin.readline())
+    if spec.get("nice"):
+        os.nice(spec["nice"])  # before the first connect: the ramp runs at this priority too
     group = ClientGroup(spec["url"], spec["channels"], channels_per_client=spec["channels_per_client"],
                         poll_timeout_s=spec["poll_timeout"], first_index=spec["first_index"],
                         source=spec["source"], think_s=spec.get("think", 0.0))

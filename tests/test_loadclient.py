@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from urllib.parse import parse_qs
 
 import gevent
 import pytest
-from gevent import subprocess
+from gevent import select, subprocess
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
 from loadclient import Report, run
 from loadclient.fakeclient import FakeClient
 from loadclient.histogram import Histogram
+from loadclient.httpconn import Connection, split_url
 
 
 def test_a_few_hundred_clients_get_every_event_once_in_order(server):
@@ -51,6 +53,46 @@ def test_the_first_events_of_a_channel_have_latencies_of_their_own(server):
     assert [h.count for h in report.latency_by_seq.values()] == [40, 40]
     assert sum(h.count for h in report.latency_by_seq.values()) == report.latency.count
     assert set(report.to_dict()["latency_ms_by_seq"]) == {"1", "2"}
+    # notify -> read by the client includes notify -> arrival: never shorter
+    assert [h.count for h in report.handled_latency_by_seq.values()] == [40, 40]
+    assert report.handled_latency.max_s >= report.latency.max_s > 0
+    assert report.unstamped < report.responses // 2  # the kernel stamps them once timestamping is on
+
+
+def test_a_reply_is_stamped_when_it_arrives_not_when_it_is_read(server):
+    """The kernel's receive stamp: a reply read late still shows when it came in."""
+    conn = Connection(*split_url(server.url))
+    stamped = 0
+    for _ in range(50):  # Linux turns timestamping on a moment after the first socket asks
+        sent = time.time()
+        conn.sock or conn.open()
+        conn.sock.send(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        readable, _, _ = select.select([conn.sock], [], [], 5.0)  # wait for the reply's bytes, bounded
+        assert readable, "no reply within 5 s"
+        seen = time.time()
+        reply = conn._read_reply(conn.sock)
+        assert reply.status == 200
+        if reply.stamped:
+            stamped += 1
+            assert sent <= reply.arrived <= seen  # a stamp taken at read time would be after `seen`
+    conn.close()
+    assert stamped >= 40, f"only {stamped} of 50 replies had the kernel's arrival stamp"
+
+
+def test_nice_lowers_the_client_processes_only(server):
+    niceness = {}
+
+    def on_ready(the_run):
+        for group in the_run.groups:
+            niceness[group.proc.pid] = os.getpriority(os.PRIO_PROCESS, group.proc.pid)
+
+    report = run(server.url, clients=20, duration=0.3, notify_rate=20, poll_timeout=5, progress=0,
+                 procs=2, nice=3, on_ready=on_ready)
+    assert report.ok
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert list(niceness.values()) == [min(mine + 3, 19)] * 2
+    with pytest.raises(ValueError, match="--procs 2"):
+        run(server.url, clients=1, procs=1, nice=3, progress=0)
 
 
 class DroppingServer:
