@@ -2,7 +2,7 @@
 
 Each event's ``data`` is ``{"s": SEQ, "t": UNIX_TIME}``: ``s`` counts 1, 2, 3 ... per
 channel, ``t`` is taken just before the notify is written, so a client's
-``receive time - t`` is the notify -> receive latency (one clock: loopback only).
+``arrival - t`` is the notify -> arrival latency (one clock: loopback only).
 
 Order per channel must be the order of ``s``, so every channel belongs to exactly
 one notify connection (``channel index % connections``) and that connection
