@@ -45,9 +45,10 @@ class Reply:
         self.status = status
         self.head = head
         self.body = body
-        #: wall-clock time the reply's first bytes reached this host's socket: the kernel's
-        #: stamp when ``stamped``, else when they were read (Linux stamps only once timestamping
-        #: is on, which it turns on a moment after the first socket asks for it)
+        #: wall-clock time the reply reached this host's socket: when ``stamped``, the kernel's
+        #: receive stamp on the first read's bytes (for TCP, on the newest segment that read
+        #: took), else the read time (Linux stamps only once timestamping is on, which it
+        #: turns on a moment after the first socket asks for it)
         self.arrived = arrived
         self.stamped = stamped
         self._headers: dict[str, str] | None = None
