@@ -17,6 +17,12 @@ position.
   a live worker and lose nothing.
 - SIGTERM or SIGINT to the parent forwards SIGTERM to every worker, which stops
   gracefully (held polls answered with a reconnect reply), then the parent exits 0.
+- SIGHUP to the parent recycles the workers one at a time, with no moment when
+  nobody listens: a new worker starts and listens first, then the old one stops
+  gracefully; its clients re-poll with their cursors and land on the others. A new
+  worker that does not start ends the restart and the old one keeps serving. (The
+  original ASP.NET design lost every registration when IIS recycled its worker
+  process; here recycling is a signal.)
 - A worker whose parent disappears stops too.
 - Every response carries ``X-Geventcomet-Worker: PID``, to see the spreading.
 
@@ -91,6 +97,9 @@ class Supervisor:
         self.ready: dict[int, Event] = {}
         self.failed = Event()  # a worker died during start-up
         self.started = False  # every worker listened once
+        self._env: dict[str, str] = {}
+        self._relays: dict[int, gevent.Greenlet] = {}  # pid -> the greenlet copying its log
+        self._restarting: gevent.Greenlet | None = None
 
     def run(self) -> int:
         config = self.config
@@ -100,10 +109,12 @@ class Supervisor:
         reserved = reuseport_socket(config.host, config.port)
         port = reserved.getsockname()[1]
         worker_config = dataclasses.replace(config, workers=1, port=port)
+        self._env = {**os.environ, WORKER_ENV: json.dumps(dataclasses.asdict(worker_config))}
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopping.set)
+        gevent.signal_handler(signal.SIGHUP, self.restart)
         self.ready = {slot: Event() for slot in range(config.workers)}
-        keepers = [gevent.spawn(self._keep, slot, worker_config) for slot in range(config.workers)]
+        keepers = [gevent.spawn(self._keep, slot) for slot in range(config.workers)]
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
             while not self._all_ready():
@@ -125,19 +136,19 @@ class Supervisor:
             gevent.killall(keepers, timeout=1)
             reserved.close()
 
-    def _keep(self, slot: int, worker_config: Config) -> None:
-        env = {**os.environ, WORKER_ENV: json.dumps(dataclasses.asdict(worker_config))}
+    def _keep(self, slot: int) -> None:
         quick_deaths = 0
         while not self.stopping.is_set():
             ready = self.ready.setdefault(slot, Event())
             ready.clear()
-            proc = subprocess.Popen([sys.executable, "-c", _WORKER_CMD], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            self.procs[slot] = proc
+            proc = self.procs[slot] = self._spawn(ready)
             started = time.monotonic()
-            relay = gevent.spawn(self._relay, proc, ready)
             code = proc.wait()
-            relay.join(timeout=1)
+            self._relays.pop(proc.pid).join(timeout=1)
+            while self.procs[slot] is not proc and not self.stopping.is_set():
+                proc, started = self.procs[slot], time.monotonic()  # a restart handed it over
+                code = proc.wait()
+                self._relays.pop(proc.pid).join(timeout=1)
             if self.stopping.is_set():
                 return
             if not self.started:
@@ -149,6 +160,41 @@ class Supervisor:
                         code, f" in {pause:.1f} s" if pause else "")
             if self.stopping.wait(pause):
                 return
+
+    def _spawn(self, ready: Event) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER_CMD], env=self._env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._relays[proc.pid] = gevent.spawn(self._relay, proc, ready)
+        return proc
+
+    def restart(self) -> None:
+        """Recycle every worker, one at a time (SIGHUP); see the module docstring."""
+        if not self.started or self.stopping.is_set():
+            log.warning("not restarting: the workers are still starting or already stopping")
+        elif self._restarting is not None and not self._restarting.dead:
+            log.warning("a restart is already under way; this one is ignored")
+        else:
+            self._restarting = gevent.spawn(self._restart_all)
+
+    def _restart_all(self) -> None:
+        log.info("restarting %d workers, one at a time", len(self.procs))
+        for slot in sorted(self.procs):
+            if self.stopping.is_set():
+                return
+            ready = Event()
+            new = self._spawn(ready)
+            gevent.wait([ready, self.stopping, self._relays[new.pid]], timeout=START_TIMEOUT_S, count=1)
+            if self.stopping.is_set() or not ready.is_set():
+                if not self.stopping.is_set():
+                    log.error("restart stopped: a new worker did not start listening; worker %d "
+                              "(pid %d) keeps serving", slot, self.procs[slot].pid)
+                _stop(new, timeout_s=1.0)
+                self._relays.pop(new.pid).join(timeout=1)
+                return
+            old, self.procs[slot] = self.procs[slot], new  # its keeper watches the new one
+            log.info("worker %d: pid %d is listening; stopping pid %d", slot, new.pid, old.pid)
+            _stop(old, STOP_TIMEOUT_S)
+        log.info("restart done: workers %s", " ".join(str(p.pid) for p in self.procs.values()))
 
     def _all_ready(self) -> bool:
         return len(self.ready) == self.config.workers and all(e.is_set() for e in self.ready.values())
@@ -168,12 +214,21 @@ class Supervisor:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for proc in procs:
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                log.warning("worker pid %d did not stop in %.0f s; killing it", proc.pid, STOP_TIMEOUT_S)
-                proc.kill()
-                proc.wait(5)
+            _stop(proc, max(deadline - time.monotonic(), 0.1), signalled=True)
+        if self._restarting is not None:  # it sees `stopping` and stops the worker it started
+            self._restarting.join(timeout=STOP_TIMEOUT_S)
+
+
+def _stop(proc: subprocess.Popen, timeout_s: float, signalled: bool = False) -> None:
+    """SIGTERM (a graceful stop) unless ``signalled``; SIGKILL after ``timeout_s``."""
+    if not signalled and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("worker pid %d did not stop in %.0f s; killing it", proc.pid, timeout_s)
+        proc.kill()
+        proc.wait(5)
 
 
 def run_workers(config: Config) -> int:

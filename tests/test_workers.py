@@ -14,6 +14,8 @@ import gevent
 import pytest
 import requests
 
+from loadclient.runner import Options, Run
+
 from .helpers import ServerProcess
 from .services import free_port
 
@@ -147,6 +149,59 @@ def test_sigterm_to_the_parent_stops_every_worker_gracefully(workers):
     for job in held:
         reply = job.get(timeout=5)
         assert reply.status_code == 503 and reply.json()["reconnect"] is True
+
+
+def test_sighup_recycles_every_worker_while_clients_poll_and_lose_nothing(workers):
+    """Workers replaced one at a time under load: new pids, every event delivered once."""
+    server = workers(2)
+    before = set(server.wait_log(r"all 2 workers listening").rsplit("(pids ", 1)[1].rstrip(")\n").split())
+    the_run = Run(Options(url=server.url, clients=40, channels=4, notify_rate=100, poll_timeout=5,
+                          progress=0, duration=60))
+    try:
+        the_run.start()
+        assert the_run.wait_ready()
+        publishing = gevent.spawn(the_run.notify_phase)
+        server.proc.send_signal(signal.SIGHUP)
+        done = server.wait_log(r"restart done: workers", timeout=40)
+        after = set(done.rsplit("workers ", 1)[1].split())
+        the_run.stop_requested.set()  # events kept flowing through the whole restart
+        publishing.get(timeout=10)
+        report = the_run.finish()
+    finally:
+        the_run.close()
+    print(report.format_text())
+    assert len(after) == 2 and not after & before
+    for pid in before:  # the old workers are gone, not left running beside the new ones
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+    assert report.events_sent > 0 and report.notify_errors == 0
+    assert report.lost == 0 and report.duplicated == 0 and report.recovered_false == 0
+    assert report.events_received == report.events_sent * 10  # 40 clients over 4 channels
+    assert report.end_markers_received == 40 and report.clients_failed == 0
+    assert {requests.get(server.url + "/stats", timeout=5).headers[WORKER] for _ in range(20)} <= after
+
+
+def test_sigterm_in_the_middle_of_a_restart_leaves_no_worker_behind(workers):
+    server = workers(2)
+    port = server.url.rsplit(":", 1)[1]
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_log(r"restarting 2 workers")  # a new worker is starting now
+    assert server.terminate(timeout=30) == 0
+    assert worker_pids(port) == []  # the parent waited for each: old, new and the one starting
+
+
+def worker_pids(port: str) -> list[str]:
+    """Live geventcomet worker processes configured for ``port`` (from their environment)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as env:
+                text = env.read()
+        except OSError:
+            continue
+        if b"GEVENTCOMET_WORKER_CONFIG=" in text and f'"port": {port},'.encode() in text:
+            found.append(pid)
+    return found
 
 
 @pytest.mark.parametrize("backend, message", [
