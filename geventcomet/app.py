@@ -63,6 +63,7 @@ class Stats:
     disconnects: int = 0
     gc_collections: int = 0  # cyclic collections, and the seconds they took (server process only)
     gc_s: float = 0.0
+    accept_pauses: int = 0  # times accepting paused because the process ran out of open files
 
 
 def fd_limit() -> int:

@@ -8,6 +8,7 @@ Plain ``WSGIServer.stop`` would instead drop held clients with an EOF or a 500
 """
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import resource
@@ -33,6 +34,10 @@ LISTEN_BACKLOG = 4096
 DRAIN_TIMEOUT_S = 0.5
 #: Collector thresholds for the server process: see :func:`tune_gc`.
 GC_THRESHOLDS = (100_000, 20, 10)
+#: Out of file descriptors: accepting pauses this long, doubling up to the cap while it lasts.
+ACCEPT_PAUSE_S, ACCEPT_PAUSE_CAP_S = 0.05, 1.0
+#: At most one "out of open files" warning in this many seconds.
+FD_WARNING_INTERVAL_S = 10.0
 
 
 class CometServer(WSGIServer):
@@ -50,6 +55,41 @@ class CometServer(WSGIServer):
         kwargs.setdefault("error_log", logging.getLogger("geventcomet.http"))
         super().__init__(listener, app, spawn=Pool(), **kwargs)
         self.app = app
+        self._accept_pause = 0.0
+        self._accept_timer = None
+        self._fd_warned_at = -FD_WARNING_INTERVAL_S
+
+    def do_read(self):
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+        else:
+            self._accept_pause = 0.0
+            return accepted
+        # Out of file descriptors. gevent would log a traceback and back off; say it in
+        # one line instead, and pause: new connections wait in the listen queue while the
+        # connections already open are served as usual.
+        self._accept_pause = min(self._accept_pause * 2 or ACCEPT_PAUSE_S, ACCEPT_PAUSE_CAP_S)
+        self.app.stats.accept_pauses += 1
+        now = time.monotonic()
+        if now - self._fd_warned_at >= FD_WARNING_INTERVAL_S:
+            self._fd_warned_at = now
+            log.warning("out of open files (limit %d): new connections wait in the listen queue, "
+                        "accepting again in %.2f s; see --max-waiting and the open-file limit",
+                        resource.getrlimit(resource.RLIMIT_NOFILE)[0], self._accept_pause)
+        self.stop_accepting()
+        self._accept_timer = self.loop.timer(self._accept_pause)
+        self._accept_timer.start(self._resume_accepting)
+        return None
+
+    def _resume_accepting(self) -> None:
+        if self._accept_timer is not None:
+            self._accept_timer.close()
+            self._accept_timer = None
+        if not self.closed:
+            self.start_accepting()
 
     def stop_gracefully(self) -> None:
         """Stop accepting, answer every held request with "reconnect", close the rest."""

@@ -11,7 +11,7 @@ import requests
 from geventcomet import Config
 from geventcomet.backends.memory import MemoryBackend
 
-from .helpers import Comet
+from .helpers import Comet, ServerProcess
 
 
 def raw_request(port: int, data: bytes, *, read: bool = True) -> tuple[int, dict, bytes]:
@@ -262,3 +262,27 @@ def test_a_register_with_a_body_is_read_past_before_the_next_request(server):
         for _ in range(2):
             status, _headers, body = read_reply(sock, pending)
             assert status == 200 and json.loads(body)["timeout"] is True
+
+
+def test_out_of_open_files_pauses_accepting_with_one_warning_and_serves_on():
+    """A flood past the process's open-file limit: a one-line warning, no traceback; open
+    connections are still served, and new ones are accepted again once files free up."""
+    limit = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "
+             "from geventcomet.cli import main; sys.exit(main(sys.argv[1:]))")
+    server = ServerProcess(python_args=("-c", limit))
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        kept = requests.Session()
+        assert kept.get(server.url + "/stats", timeout=5).status_code == 200  # accepted before
+        flood = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(100)]
+        server.wait_log(r"out of open files \(limit 64\)")
+        stats = kept.get(server.url + "/stats", timeout=5)  # an open connection is served as usual
+        assert stats.status_code == 200 and stats.json()["accept_pauses"] >= 1
+        for sock in flood:
+            sock.close()
+        assert requests.get(server.url + "/stats", timeout=10).status_code == 200  # accepting again
+        log = "".join(server.log)
+        assert log.count("out of open files") == 1  # one warning per 10 s, however many pauses
+        assert "Traceback" not in log
+    finally:
+        server.stop()
