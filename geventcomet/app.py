@@ -97,6 +97,9 @@ class CometApp:
         self._stopping = Event()
         #: Headers added to every response (a worker process names itself here).
         self.extra_headers: tuple[tuple[str, str], ...] = ()
+        #: Retry-After of the "reconnect" reply at shutdown: 1 s when the whole server stops,
+        #: 0 when a restart hands this worker's clients to workers already listening.
+        self.reconnect_after_s = 1
         self.routes: dict[str, dict[str, Callable[[dict], Reply | Iterable[bytes]]]] = {
             "/": {"GET": self.index},
             "/register": {"GET": self.register},
@@ -198,7 +201,7 @@ class CometApp:
         if result.shutting_down:
             body = json_bytes({"error": "server is shutting down; poll again with this cursor",
                                "reconnect": True, "cursor": cursor, "client": client})
-            return (503, body, JSON, (("Retry-After", "1"), ("Connection", "close")))
+            return (503, body, JSON, (("Retry-After", str(self.reconnect_after_s)), ("Connection", "close")))
         if result.woken:  # part of a fan-out: see CometHandler.handle_one_response
             environ["geventcomet.woken"] = True
         stats = self.stats

@@ -1,7 +1,8 @@
 """Run the app on gevent's WSGI server, and stop it without losing anyone.
 
 Graceful stop (SIGTERM or SIGINT): close the listener, wake every held request
-with a "reconnect" reply that keeps its cursor (503, ``Retry-After: 1``), wait for
+with a "reconnect" reply that keeps its cursor (503, ``Retry-After: 1``, or 0 when a
+restart hands the clients to other workers), wait for
 those replies to go out, close what is left (idle keep-alive connections), exit 0.
 Plain ``WSGIServer.stop`` would instead drop held clients with an EOF or a 500
 (PITFALLS B5).
@@ -151,11 +152,13 @@ def tune_gc(stats: Stats | None = None) -> None:
 
 
 def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str], ...] = (),
-          stop: Event | None = None) -> int:
+          stop: Event | None = None, handover: Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop``), then stop gracefully. Returns the exit status.
 
     ``listener`` is a bound socket to serve on (a worker's SO_REUSEPORT socket);
-    ``extra_headers`` go on every response (a worker names itself).
+    ``extra_headers`` go on every response (a worker names itself). If ``handover`` is
+    set when the stop comes, other workers are listening: held clients are told to poll
+    again at once (``Retry-After: 0``) instead of in a second.
     """
     raise_open_file_limit()
     try:
@@ -175,6 +178,8 @@ def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str]
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     stop.wait()
+    if handover is not None and handover.is_set():
+        server.app.reconnect_after_s = 0
     log.info("stopping: answering %d held requests with reconnect", server.app.hub.waiting)
     server.stop_gracefully()
     log.info("stopped")

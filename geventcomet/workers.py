@@ -19,7 +19,8 @@ position.
   gracefully (held polls answered with a reconnect reply), then the parent exits 0.
 - SIGHUP to the parent recycles the workers one at a time, with no moment when
   nobody listens: a new worker starts and listens first, then the old one stops
-  gracefully; its clients re-poll with their cursors and land on the others. A new
+  gracefully (SIGUSR1: its held polls are told ``Retry-After: 0``); its clients
+  re-poll at once with their cursors and land on the others. A new
   worker that does not start ends the restart and the old one keeps serving. (The
   original ASP.NET design lost every registration when IIS recycled its worker
   process; here recycling is a signal.)
@@ -193,7 +194,7 @@ class Supervisor:
                 return
             old, self.procs[slot] = self.procs[slot], new  # its keeper watches the new one
             log.info("worker %d: pid %d is listening; stopping pid %d", slot, new.pid, old.pid)
-            _stop(old, STOP_TIMEOUT_S)
+            _stop(old, STOP_TIMEOUT_S, signal.SIGUSR1)  # a graceful stop; its clients come back at once
         log.info("restart done: workers %s", " ".join(str(p.pid) for p in self.procs.values()))
 
     def _all_ready(self) -> bool:
@@ -214,15 +215,15 @@ class Supervisor:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for proc in procs:
-            _stop(proc, max(deadline - time.monotonic(), 0.1), signalled=True)
+            _stop(proc, max(deadline - time.monotonic(), 0.1), signum=None)
         if self._restarting is not None:  # it sees `stopping` and stops the worker it started
             self._restarting.join(timeout=STOP_TIMEOUT_S)
 
 
-def _stop(proc: subprocess.Popen, timeout_s: float, signalled: bool = False) -> None:
-    """SIGTERM (a graceful stop) unless ``signalled``; SIGKILL after ``timeout_s``."""
-    if not signalled and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def _stop(proc: subprocess.Popen, timeout_s: float, signum: int | None = signal.SIGTERM) -> None:
+    """Send ``signum`` (a graceful stop; None: already sent), then SIGKILL after ``timeout_s``."""
+    if signum is not None and proc.poll() is None:
+        proc.send_signal(signum)
     try:
         proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -263,6 +264,12 @@ def worker_main() -> None:
     except OSError as exc:
         log.error("cannot start worker: %s", exc)
         sys.exit(1)
-    stop = Event()
+    stop, handover = Event(), Event()
     gevent.spawn(_stop_with_parent, os.getppid(), stop)
-    sys.exit(serve(config, listener, extra_headers=worker_headers(), stop=stop))
+
+    def hand_over() -> None:  # SIGUSR1: a restart; the new worker already listens
+        handover.set()
+        stop.set()
+
+    gevent.signal_handler(signal.SIGUSR1, hand_over)
+    sys.exit(serve(config, listener, extra_headers=worker_headers(), stop=stop, handover=handover))

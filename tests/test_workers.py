@@ -181,6 +181,32 @@ def test_sighup_recycles_every_worker_while_clients_poll_and_lose_nothing(worker
     assert {requests.get(server.url + "/stats", timeout=5).headers[WORKER] for _ in range(20)} <= after
 
 
+def test_a_restart_tells_held_clients_to_come_back_at_once_and_sigterm_in_one_second(workers):
+    server = workers(2)
+    held = []
+    for _ in range(2):  # one poll held on each of two workers: both are recycled
+        http = session_on(server.url, avoid=held[0][0].worker if held else None)
+        held.append((http, gevent.spawn(http.get, server.url + "/register",
+                                        params={"channel": "news", "timeout": 30}, timeout=40)))
+        watcher = session_on(server.url, want=http.worker)
+        watcher.url = server.url
+        wait_waiting(watcher, 1)
+    server.proc.send_signal(signal.SIGHUP)
+    for _, job in held:
+        reply = job.get(timeout=30)
+        assert reply.status_code == 503 and reply.json()["reconnect"] is True
+        assert reply.headers["Retry-After"] == "0"  # the new worker already listens
+    server.wait_log(r"restart done: workers")
+    http = session_on(server.url)
+    job = gevent.spawn(http.get, server.url + "/register", params={"channel": "news", "timeout": 30}, timeout=40)
+    watcher = session_on(server.url, want=http.worker)
+    watcher.url = server.url
+    wait_waiting(watcher, 1)
+    assert server.terminate(timeout=15) == 0
+    reply = job.get(timeout=5)
+    assert reply.status_code == 503 and reply.headers["Retry-After"] == "1"  # the whole server stops
+
+
 def test_sigterm_in_the_middle_of_a_restart_leaves_no_worker_behind(workers):
     server = workers(2)
     port = server.url.rsplit(":", 1)[1]
