@@ -162,13 +162,27 @@ def sqlite_lock(hold_s: float) -> dict:
             "blocked_notify_status": notify_s.status_code, "blocked_notify_waited_s": round(waited, 2)}
 
 
+def every_worker_stats(url: str, workers: int, tries: int = 1000) -> list[dict]:
+    """``/stats`` of each of ``workers`` processes behind one port: new connections until all answered."""
+    seen: dict[str, dict] = {}
+    for _ in range(tries):
+        with requests.Session() as http:
+            reply = http.get(url + "/stats", timeout=10)
+        seen.setdefault(reply.headers.get("X-Geventcomet-Worker", ""), reply.json())
+        if len(seen) == workers:
+            break
+    return list(seen.values())
+
+
 def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float, profile: str | None = None,
            think: float = 0, nice: int = 0) -> dict:
     """``clients`` waiting on one channel over ``workers`` processes; one notify reaches them all.
 
     Latency is from the notifier's timestamp to the reply's arrival at the client's
     socket (the kernel's stamp), as a remote browser would see it; ``*_handled_*`` adds the
-    time the load client took to get to the reply. ``nice``: the load client's processes
+    time the load client took to get to the reply. ``warm_server_*`` is the servers' own
+    account of the warm fan-out (``last_fanout`` in each worker's /stats): each worker's burst,
+    and the window from the first burst's start to the last reply sent. ``nice``: the load client's processes
     run this much nicer than the server, so on these shared cores they take what it leaves
     (0: equal shares, and the fan-out competes with 100,000 replies being read).
 
@@ -206,10 +220,17 @@ def fanout(redis_url: str, clients: int, workers: int, procs: int, ramp: float, 
             if spies:
                 gevent.sleep(1)  # let py-spy attach before the notify
 
+        def server_side(_run):  # after the warm fan-out: each worker's own timing of it
+            fanouts = [s["last_fanout"] for s in every_worker_stats(srv.url, workers) if s["last_fanout"]]
+            if fanouts:
+                ends = [f["started_unix"] + f["ms"] / 1000 for f in fanouts]
+                rss["warm_server_window_ms"] = round((max(ends) - min(f["started_unix"] for f in fanouts)) * 1000)
+                rss["warm_server_bursts_ms"] = sorted(round(f["ms"]) for f in fanouts)
+
         t0 = time.monotonic()
         report = run(srv.url, clients=clients, channels=1, duration=2 * FANOUT_GAP_S,
                      notify_rate=1 / FANOUT_GAP_S, notify_count=2, poll_timeout=300, progress=10, procs=procs,
-                     ramp=ramp, on_ready=on_ready, think=think, nice=nice).to_dict()
+                     ramp=ramp, on_ready=on_ready, before_finish=server_side, think=think, nice=nice).to_dict()
         rss["workers_cpu_s_total"] = round(tree_cpu_s(srv.proc.pid), 1)
     finally:
         srv.stop()

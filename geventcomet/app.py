@@ -285,7 +285,10 @@ class CometApp:
         counts = self._call_backend(self.backend.counts)
         stream = getattr(self, "stream", None)  # set by browser.install_routes
         streams = {"streams": stream.open, "streams_opened": stream.opened} if stream else {}
+        fanout = self.hub.last_fanout
         return {"waiting": self.hub.waiting, **counts, **asdict(self.stats), **streams,
+                "last_fanout": fanout and {"waiters": fanout.waiters, "started_unix": fanout.started,
+                                           "ms": round((fanout.ended - fanout.started) * 1000, 3)},
                 "uptime_s": round(time.monotonic() - self.started, 3), "rss_bytes": rss_bytes(),
                 "max_waiting": self.max_waiting, "epoch": self.backend.epoch}
 

@@ -19,6 +19,8 @@ departing waiter, which turns a fan-out to 15,000 waiters quadratic.
 from __future__ import annotations
 
 import enum
+import time
+from typing import NamedTuple
 
 import gevent
 from gevent.event import Event
@@ -34,6 +36,18 @@ class Reason(enum.Enum):
     SHUTDOWN = "shutdown"  # the server is stopping
 
 
+#: A wake of at least this many waiters is recorded as the process's last fan-out.
+FANOUT_MIN_WAITERS = 100
+
+
+class FanOut(NamedTuple):
+    """One wake-up of many waiters, timed in the hub (wall clock, seconds)."""
+
+    waiters: int
+    started: float
+    ended: float  # every woken reply has been sent (or its request yielded, e.g. on I/O)
+
+
 class Hub:
     """The registry of parked requests. One per server process."""
 
@@ -47,6 +61,8 @@ class Hub:
         self.idle = Event()
         self.idle.set()
         self._change: Event | None = None
+        #: The last wake of :data:`FANOUT_MIN_WAITERS` or more, for ``/stats``.
+        self.last_fanout: FanOut | None = None
 
     @property
     def waiting(self) -> int:
@@ -103,24 +119,27 @@ class Hub:
         waiters = self._waiters.pop(channel, None)
         if not waiters:
             return 0
-        self._loop.run_callback(_switch_all, waiters, Reason.WAKE)
+        self._loop.run_callback(self._switch_all, waiters, Reason.WAKE)
         return len(waiters)
 
     def wake_all(self) -> int:
         """Wake every parked request (each re-reads its channels); return how many."""
         waiters, self._waiters = set(self._all), {}
         if waiters:
-            self._loop.run_callback(_switch_all, waiters, Reason.WAKE)
+            self._loop.run_callback(self._switch_all, waiters, Reason.WAKE)
         return len(waiters)
 
     def shutdown(self) -> None:
         """Wake every parked request with :attr:`Reason.SHUTDOWN`; later polls see ``closing``."""
         self.closing = True
-        self._loop.run_callback(_switch_all, set(self._all), Reason.SHUTDOWN)
+        self._loop.run_callback(self._switch_all, set(self._all), Reason.SHUTDOWN)
 
-
-def _switch_all(waiters: set[Waiter], reason: Reason) -> None:
-    # Runs in the gevent hub, as Waiter.switch requires. A waiter that already left
-    # (timed out in the same loop turn) just stores the value and is never read.
-    for waiter in waiters:
-        waiter.switch(reason)
+    def _switch_all(self, waiters: set[Waiter], reason: Reason) -> None:
+        # Runs in the gevent hub, as Waiter.switch requires. A waiter that already left
+        # (timed out in the same loop turn) just stores the value and is never read.
+        # Each woken request runs until its reply is sent, then yields back here.
+        started = time.time() if len(waiters) >= FANOUT_MIN_WAITERS else 0.0
+        for waiter in waiters:
+            waiter.switch(reason)
+        if started:
+            self.last_fanout = FanOut(len(waiters), started, time.time())

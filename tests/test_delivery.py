@@ -1,4 +1,6 @@
 """Delivery over real HTTP: one and many waiters, timeouts, cursors, backlog, targeted clients."""
+import time
+
 import gevent
 import pytest
 
@@ -15,6 +17,25 @@ def test_one_notify_wakes_every_waiter(server, comet):
     for poll in polls:
         reply = poll.get(timeout=10)
         assert reply["events"] == [{"channel": "news", "id": 1, "data": "hello"}]
+
+
+def test_stats_time_the_last_fan_out_in_the_hub(server, comet):
+    """A wake of 100+ waiters is timed from the first switch to the last reply sent."""
+    assert comet.stats()["last_fanout"] is None
+    polls = [gevent.spawn(Comet(server.url).register, "crowd", timeout=20) for _ in range(120)]
+    server.wait_waiting(120)
+    before = time.time()
+    comet.notify("crowd", "all")
+    for poll in polls:
+        assert poll.get(timeout=10)["events"][0]["data"] == "all"
+    fanout = comet.stats()["last_fanout"]
+    assert fanout["waiters"] == 120
+    assert before <= fanout["started_unix"] and 0 < fanout["ms"] < (time.time() - before) * 1000
+    single = gevent.spawn(Comet(server.url).register, "one", timeout=20)
+    server.wait_waiting(1)
+    comet.notify("one", "x")
+    single.get(timeout=10)
+    assert comet.stats()["last_fanout"] == fanout  # one waiter is not a fan-out
 
 
 def test_timeout_message_keeps_the_cursor(server, comet):
