@@ -55,8 +55,6 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def server(*args: str) -> ServerProcess:
-    return ServerProcess("--log-level", "WARNING", *args) if False else ServerProcess(*args)
 
 
 def flush(redis_url: str | None) -> None:
@@ -74,7 +72,7 @@ def cycle(backend: str, redis_url: str | None, clients: int, duration: float, no
     rather than the deliveries the server can make.
     """
     flush(redis_url)
-    srv = server("--backend", backend, "--timeout", "20")
+    srv = ServerProcess("--backend", backend, "--timeout", "20")
     try:
         cpu0 = tree_cpu_s(srv.proc.pid)
         report = run(srv.url, clients=clients, channels=clients, duration=duration, notify_rate=-1,
@@ -93,7 +91,7 @@ def cycle(backend: str, redis_url: str | None, clients: int, duration: float, no
 def memory_per_client(backend: str, redis_url: str | None, clients: int) -> dict:
     """RSS growth of one server process per parked long-poll."""
     flush(redis_url)
-    srv = server("--backend", backend, "--timeout", "60")
+    srv = ServerProcess("--backend", backend, "--timeout", "60")
     try:
         http = requests.Session()
         base = http.get(srv.url + "/stats").json()["rss_bytes"]
@@ -113,7 +111,7 @@ def memory_per_client(backend: str, redis_url: str | None, clients: int) -> dict
 
 def sqlite_notifies(sync: str, duration: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        srv = server("--backend", f"sqlite://{tmp}/bench.db?synchronous={sync}")
+        srv = ServerProcess("--backend", f"sqlite://{tmp}/bench.db?synchronous={sync}")
         try:
             report = run(srv.url, clients=50, channels=50, duration=duration, notify_rate=-1,
                          notify_connections=32, poll_timeout=20, progress=0, procs=1).to_dict()
@@ -138,7 +136,7 @@ def sqlite_lock(hold_s: float) -> dict:
     """Other clients' poll latency while another process holds the write lock for ``hold_s``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/lock.db"
-        srv = server("--backend", f"sqlite://{path}")
+        srv = ServerProcess("--backend", f"sqlite://{path}")
         try:
             http = requests.Session()
             http.post(srv.url + "/notify", json={"channel": "news", "data": 0})

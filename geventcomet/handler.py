@@ -66,6 +66,7 @@ _STATUS_LINES: dict[int, bytes] = {}  # {200: b"HTTP/1.1 200 OK\r\n", ...}
 
 
 def status_line_bytes(status: int) -> bytes:
+    """``200`` -> ``b"HTTP/1.1 200 OK\\r\\n"``, built once per status."""
     line = _STATUS_LINES.get(status)
     if line is None:
         line = _STATUS_LINES[status] = b"HTTP/1.1 " + status_line(status).encode() + b"\r\n"

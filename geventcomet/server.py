@@ -133,8 +133,9 @@ def tune_gc(stats: Stats | None = None) -> None:
     allocates new ones (~15 each), so the count mostly falls back between rounds.
     ``bench/bench_fanout_raw.py --sizes 10000 --rounds 8``: 7 collections (0.54-0.60 s)
     in 8 rounds, against 98 (0.78 s) with 10,000; before fan-outs yielded after each
-    send, 0 against 56 (1.17 s). Only the server process does this, never the library. With ``stats``, every
-    collection is counted there with its duration (``gc_collections``, ``gc_s`` in /stats).
+    send, 0 against 56 (1.17 s). Only the server process does this, never the library.
+    With ``stats``, every collection is counted there with its duration (``gc_collections``,
+    ``gc_s`` in /stats).
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -79,7 +79,6 @@ MAX_FLUSHERS = 4
 EXPIRE_BATCH = 1000
 
 
-
 class RedisUnavailable(BackendError):
     """Redis did not answer a read: the poll gets 503 + Retry-After, like a refused notify."""
 
@@ -101,7 +100,6 @@ def _client(url: str, max_connections: int, **kwargs) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_TIMEOUT_S,
                                                  **kwargs)
     return redis.Redis(connection_pool=pool)
-
 
 
 def _redact(url: str) -> str:
