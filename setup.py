@@ -21,6 +21,8 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "h11>=0.14",
             "requests>=2.28",
             "ruff>=0.5",
             "mypy>=1.10",

@@ -38,13 +38,27 @@ class Config:
     max_header_bytes: int = _opt(16 * 1024, "largest request head (431 beyond)")
     header_timeout_s: float = _opt(10.0, "time for a request's line and headers to arrive (408 after)")
     keepalive_timeout_s: float = _opt(75.0, "idle time before an unused keep-alive connection is closed")
+    body_timeout_s: float = _opt(10.0, "time for a request body to arrive once its head has (408 after)")
+    write_timeout_s: float = _opt(30.0, "time one reply (or one stream batch) may take to be sent; "
+                                        "a client reading slower is dropped")
+    max_reply_bytes: int = _opt(1024 * 1024, "largest poll reply or stream batch; a longer backlog is "
+                                             "paged (the cursor says where the page stopped)")
+    max_reply_events: int = _opt(1000, "most events in one poll reply or stream batch (paged beyond)")
+    max_channels_total: int = _opt(100_000, "most channels the memory and sqlite backends hold (503 beyond)")
     max_waiting: int = _opt(0, "most requests held at once (503 beyond); 0 = open-file limit - 300")
     client_ttl_s: float = _opt(300.0, "idle time after which a client registration expires")
     idempotency_ttl_s: float = _opt(300.0, "how long an Idempotency-Key is remembered")
-    notify_token: str = _opt("", "bearer token /notify requires (empty: open)", secret=True)
+    notify_token: str = _opt("", "bearer token /notify requires (empty: open); prefer "
+                                 "--notify-token-file or the environment, which ps does not show",
+                             secret=True)
+    notify_token_file: str = _opt("", "file whose first line is the notify token")
     cors_origins: str = _opt("", "comma-separated origins allowed cross-origin, or *")
+    allowed_hosts: str = _opt("", "comma-separated Host header values accepted (empty: any); "
+                                  "guards against DNS rebinding")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     access_log: bool = _opt(False, "log every request at INFO (noisy with many clients)")
+    test_hooks: bool = _opt(False, "enable /stats?waiting=N (wait until N requests are held), "
+                                   "for tests and benchmarks; off in production")
 
     def __post_init__(self) -> None:
         if self.client_ttl_s <= self.max_timeout_s:
@@ -52,7 +66,8 @@ class Config:
                              "client's registration could expire under it")
         if not 0 <= self.timeout_s <= self.max_timeout_s:
             raise ValueError("timeout_s must be between 0 and max_timeout_s")
-        for name in ("backlog", "max_channels", "max_body_bytes", "max_header_bytes", "workers"):
+        for name in ("backlog", "max_channels", "max_body_bytes", "max_header_bytes", "workers",
+                     "max_reply_bytes", "max_reply_events", "max_channels_total"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
