@@ -95,6 +95,9 @@ class CometApp:
         self._origins = config.cors_origin_set
         self._token = config.notify_token.encode()
         self._stopping = Event()
+        #: More numbers for ``/stats``: each callable returns a dict merged into the snapshot
+        #: (the HTTP server adds its connection counts here).
+        self.stats_sources: list[Callable[[], dict]] = []
         #: Headers added to every response (a worker process names itself here).
         self.extra_headers: tuple[tuple[str, str], ...] = ()
         #: Retry-After of the "reconnect" reply at shutdown: 1 s when the whole server stops,
@@ -286,7 +289,10 @@ class CometApp:
         stream = getattr(self, "stream", None)  # set by browser.install_routes
         streams = {"streams": stream.open, "streams_opened": stream.opened} if stream else {}
         fanout = self.hub.last_fanout
-        return {"waiting": self.hub.waiting, **counts, **asdict(self.stats), **streams,
+        extra: dict = {}
+        for source in self.stats_sources:
+            extra.update(source())
+        return {**extra, "waiting": self.hub.waiting, **counts, **asdict(self.stats), **streams,
                 "last_fanout": fanout and {"waiters": fanout.waiters, "started_unix": fanout.started,
                                            "ms": round((fanout.ended - fanout.started) * 1000, 3)},
                 "uptime_s": round(time.monotonic() - self.started, 3), "rss_bytes": rss_bytes(),
