@@ -5,6 +5,11 @@ or notify request, encode and decode the opaque cursor, decide what a resuming
 client can be given (``plan_read``), and encode replies. Sockets, greenlets and
 storage live elsewhere; this module is tested with plain calls.
 
+Numbers from clients are parsed from ASCII only (``str.isdigit`` and ``int``/``float``
+also take other Unicode digits, ``_`` separators and whitespace), and a notify's
+``data`` must be strict JSON (:mod:`geventcomet.strictjson`): what is stored can be
+served to any JSON parser.
+
 Vocabulary: every event has a per-channel ``seq`` (``id`` on the wire) that
 increases by exactly one. A client's position in a channel is the ``seq`` of the
 last event it has seen; ``since`` is that position. The backend's ``epoch`` changes
@@ -19,6 +24,7 @@ from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
+from . import strictjson
 from .errors import BadRequest, LengthRequired, PayloadTooLarge, UnsupportedMediaType
 
 #: Channel names: letters, digits and ``_ . : -``, 1 to 128 characters. Nothing that
@@ -31,6 +37,13 @@ CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 PRIVATE_PREFIX = "@"
 _CURSOR_SEP = "~"
 _EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}\Z")
+#: A seq on the wire: ASCII digits, at most 18 (fits in a signed 64-bit integer).
+_SEQ_RE = re.compile(r"[0-9]{1,18}\Z")
+#: A timeout in seconds: an ASCII decimal number (no sign, inf, nan, ``_`` or spaces).
+_TIMEOUT_RE = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12})(?:[eE][+-]?[0-9]{1,3})?\Z")
+_CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,19}\Z")
+#: Deepest nesting of arrays and objects in a notify's JSON body (the envelope object is level 1).
+MAX_JSON_DEPTH = strictjson.MAX_DEPTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +140,9 @@ def parse_register(query: str, *, default_timeout_s: float, max_timeout_s: float
 def parse_timeout(value: str | None, default_s: float, max_s: float) -> float:
     if value is None or value == "":
         return default_s
-    try:
-        timeout_s = float(value)
-    except ValueError:
-        raise BadRequest(f"timeout must be a number of seconds, not {value[:20]!r}") from None
-    if not 0 <= timeout_s <= max_s:  # also rejects nan
-        raise BadRequest(f"timeout must be between 0 and {max_s:g} seconds")
+    if not _TIMEOUT_RE.match(value) or not 0 <= float(value) <= max_s:
+        raise BadRequest(f"timeout must be a number of seconds between 0 and {max_s:g}, not {value[:20]!r}")
+    timeout_s = float(value)
     return timeout_s
 
 
@@ -140,7 +150,7 @@ def parse_since(value: str | None, channels: list[str]) -> Cursor:
     """Accept an opaque cursor, or a plain event id when exactly one channel is named."""
     if value is None or value == "":
         return Cursor(None, {})
-    if value.isdigit() and len(value) < 19:
+    if _SEQ_RE.match(value):
         if len(channels) != 1:
             raise BadRequest("a plain event id as since needs exactly one channel; pass the cursor")
         return Cursor(None, {channels[0]: int(value)})
@@ -164,7 +174,7 @@ def decode_cursor(text: str) -> Cursor:
     for i in range(1, len(parts), 2):
         channel, seq = parts[i], parts[i + 1]
         name = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
-        if not (CHANNEL_RE.match(name) or CLIENT_RE.match(name)) or not seq.isdigit() or len(seq) > 18:
+        if not (CHANNEL_RE.match(name) or CLIENT_RE.match(name)) or not _SEQ_RE.match(seq):
             raise BadRequest("malformed cursor: pass back the cursor of the last reply unchanged")
         positions[channel] = int(seq)
     return Cursor(parts[0], positions)
@@ -190,7 +200,8 @@ def plan_read(since: int | None, first: int, last: int, same_epoch: bool = True)
 
 
 def encode_json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON; ``ValueError`` for a non-finite float (served JSON must parse strictly)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def event_prefix(channel: str) -> bytes:
@@ -219,10 +230,9 @@ def check_body_length(content_length: str | None, chunked: bool, max_bytes: int)
         raise LengthRequired("chunked request bodies are not accepted: send Content-Length")
     if not content_length:
         return 0
-    try:
-        length = int(content_length)
-    except ValueError:
-        raise BadRequest("invalid Content-Length") from None
+    if not _CONTENT_LENGTH_RE.match(content_length):
+        raise BadRequest("invalid Content-Length")
+    length = int(content_length)
     if length > max_bytes:
         raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {max_bytes}")
     return length
@@ -233,9 +243,9 @@ def parse_notify(content_type: str, body: bytes) -> NotifyRequest:
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json" or (not media and body[:1] == b"{"):
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
+            doc = strictjson.loads(body)
+        except strictjson.StrictJSONError as exc:
+            raise BadRequest(str(exc)) from None
         if not isinstance(doc, dict):
             raise BadRequest("the JSON body must be an object with channel (or client) and data")
         if "data" not in doc:
@@ -249,6 +259,10 @@ def parse_notify(content_type: str, body: bytes) -> NotifyRequest:
             raise BadRequest("malformed form body") from None
         if "data" not in form:
             raise BadRequest("missing data")
+        try:  # strict UTF-8 decoding refuses raw surrogates and %-escapes decode with U+FFFD: belt and braces
+            strictjson.check(form["data"])
+        except strictjson.StrictJSONError as exc:
+            raise BadRequest(str(exc)) from None
         data_json = encode_json(form["data"])
         channel, client = form.get("channel") or None, form.get("client") or None
         token = form.get("token") or None

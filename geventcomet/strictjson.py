@@ -1,0 +1,89 @@
+"""Strict JSON in: what a notify may carry, so every byte served parses everywhere.
+
+Python's :mod:`json` is lenient in three ways that matter here, each measured on
+CPython 3.11:
+
+- it accepts ``NaN``, ``Infinity`` and ``-Infinity`` and turns ``1e999`` into
+  ``inf``; re-encoded, they come out as bare ``NaN``/``Infinity``, which
+  ``JSON.parse`` (and any strict parser) rejects;
+- it accepts lone UTF-16 surrogates, escaped (``"\\ud800"``) or raw (a bytes body
+  is decoded with ``surrogatepass``); such a string cannot be encoded as UTF-8,
+  so storing it fails (the SQLite writer raised ``UnicodeEncodeError``);
+- it recurses once per nesting level, in C, up to the interpreter's recursion
+  limit: ~1000 levels raise ``RecursionError`` (not ``ValueError``), in ``loads``
+  and again in ``dumps``.
+
+:func:`loads` refuses all three with :class:`StrictJSONError` (a ``ValueError``
+with a message for the client), checking depth without recursion.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Iterable, NoReturn
+
+#: Deepest nesting of arrays and objects accepted in one JSON document.
+MAX_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class StrictJSONError(ValueError):
+    """The document is not strict JSON; the message says what was wrong."""
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise StrictJSONError(f"{name} is not a JSON number: send finite numbers only")
+
+
+def loads(body: bytes | str, max_depth: int = MAX_DEPTH) -> object:
+    """Parse ``body`` as strict JSON: finite numbers, no lone surrogates, at most ``max_depth`` deep."""
+    try:
+        value = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise StrictJSONError(f"JSON nested deeper than {max_depth} levels") from None
+    except UnicodeDecodeError:
+        raise StrictJSONError("the JSON body is not valid UTF-8") from None
+    except StrictJSONError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, and int() past its digit limit
+        raise StrictJSONError(f"malformed JSON: {exc}") from None
+    check(value, max_depth)
+    return value
+
+
+def check(value: object, max_depth: int = MAX_DEPTH) -> None:
+    """Raise :class:`StrictJSONError` unless ``value`` encodes as strict JSON within ``max_depth``.
+
+    Iterative, so any depth is checked without touching the recursion limit.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise StrictJSONError("numbers must be finite (a literal too large for a double "
+                                      "overflows to infinity)")
+        elif isinstance(item, (dict, list)):
+            if depth >= max_depth:
+                raise StrictJSONError(f"JSON nested deeper than {max_depth} levels")
+            children: Iterable[object] = item
+            if isinstance(item, dict):
+                for key in item:
+                    _check_text(key)
+                children = item.values()
+            # ints, bools and None are always fine: only strings, floats and containers go on
+            stack.extend((child, depth + 1) for child in children
+                         if child is not None and not isinstance(child, int))
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii() and _SURROGATE.search(text):
+        raise StrictJSONError("strings must not contain lone UTF-16 surrogates (\\ud800-\\udfff)")
+
+
+def dumps(value: object) -> str:
+    """Compact JSON, non-ASCII kept as is; ``ValueError`` for what :func:`check` refuses."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
