@@ -1,24 +1,36 @@
 """gevent.pywsgi's request handler, with the limits and speed a Comet server needs.
 
 What plain pywsgi lacks (measured in PITFALLS §2): it has no timeouts at all (a
-slowloris holds a greenlet forever), buffers ~6 MB of headers, does not put the
-socket in the environ (so a hung-up client cannot be noticed), and writes headers
-and body in two sends (with Nagle, ~40 ms per keep-alive reply). This handler adds:
+slowloris holds a greenlet forever), buffers ~6 MB of headers, accepts ambiguous
+framing (Content-Length with Transfer-Encoding: a request hidden in a body runs),
+does not put the socket in the environ (so a hung-up client cannot be noticed),
+and writes headers and body in two sends (with Nagle, ~40 ms per keep-alive
+reply). This handler adds:
 
-- one deadline from the first byte of a request to the end of its headers (408),
-  and a silent close of keep-alive connections idle longer than their timeout;
+- RFC 9112 head rules (:mod:`geventcomet.http_rules`): anything ambiguous gets a
+  400 JSON error and the connection is closed;
+- deadlines (:class:`~geventcomet.peer.Peer`): the head within ``header_timeout_s``
+  of its first byte, the body within ``body_timeout_s`` of the head (408), each
+  reply taken by the client within ``write_timeout_s`` (else dropped), and a
+  silent close of keep-alive connections idle longer than their timeout;
 - a total head size limit checked while reading (431), parsed without
   ``email.feedparser``, the largest single cost of pywsgi per request;
-- ``TCP_NODELAY`` and one ``sendall`` for head and body;
+- ``TCP_NODELAY`` and one send for head and body;
 - a small read buffer per connection (a parked client holds it for its whole wait);
-- ``environ['geventcomet.socket']`` for disconnect detection, and
+- ``environ['geventcomet.socket']``: the connection's Peer, which a held request
+  watches for a hang-up (pipelined bytes are kept for the next request), and
   ``environ['geventcomet.abandon_body']`` so a refused body is never read;
 - a fast path for ``GET /register`` (most of the traffic): the app's ``respond()``
   is called with a small environ and its reply written directly, skipping pywsgi's
   environ, ``start_response`` and result iteration (~20 % of a poll's CPU).
+
+Client faults (bad heads, timeouts, slow readers, hang-ups mid-body) are noted in
+:mod:`geventcomet.misbehaviour`, never logged as tracebacks.
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
 import socket
 import time
@@ -28,25 +40,29 @@ from gevent.pywsgi import WSGIHandler, format_date_time
 
 from .app import status_line
 from .errors import ClientGone
+from .http_input import Headers, HeadersTooLarge, RequestBody
+from .http_rules import HeadError, check_head, parse_request_line
+from .misbehaviour import note
+from .peer import BodyTimeout, HeaderTimeout, IdleTimeout, Peer, SlowReader
 
 log = logging.getLogger(__name__)
 
 #: Read buffer per connection. A request head is a few hundred bytes; pywsgi's
 #: default of 8 KiB would be held by every parked client for its whole wait.
 RFILE_BUFFER_BYTES = 1024
-#: At most this many header lines (pywsgi/http.client allow 100).
-MAX_HEADER_LINES = 100
 
 
-def _error_bytes(status: str, message: str) -> bytes:
-    body = ('{"error": "%s"}' % message).encode()
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+def error_reply(status: int, message: str) -> bytes:
+    """A whole ``Connection: close`` reply with a JSON ``{"error": message}``."""
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: application/json\r\nConnection: close\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-RESPONSE_408 = _error_bytes("408 Request Timeout", "request headers did not arrive in time")
-RESPONSE_431 = _error_bytes("431 Request Header Fields Too Large", "request headers are too large")
-RESPONSE_400 = _error_bytes("400 Bad Request", "malformed HTTP request")
+RESPONSE_408 = error_reply(408, "request headers did not arrive in time")
+RESPONSE_431 = error_reply(431, "request headers are too large")
+RESPONSE_414 = error_reply(414, "the request line is too long")
+RESPONSE_400 = error_reply(400, "malformed HTTP request")
 
 
 _date_cache: dict[int, bytes] = {}  # {second: formatted}, one entry
@@ -73,149 +89,132 @@ def status_line_bytes(status: int) -> bytes:
     return line
 
 
-class HeaderTimeout(Exception):
-    """The request head did not arrive within ``header_timeout_s``."""
-
-
-class _IdleTimeout(Exception):
-    """A keep-alive connection sent nothing for ``keepalive_timeout_s``."""
-
-
-class HeadersTooLarge(ValueError):
-    pass
-
-
-class Headers:
-    """Just the part of pywsgi's header-object interface that pywsgi uses."""
-
-    __slots__ = ("_lines", "_map", "status")
-
-    def __init__(self, rfile, max_bytes: int) -> None:
-        self._lines: list[str] = []
-        self._map: dict[str, str] = {}
-        self.status = ""
-        total = 0
-        while True:
-            line = rfile.readline(max_bytes - total + 1)
-            total += len(line)
-            if total > max_bytes or len(self._lines) > MAX_HEADER_LINES:
-                raise HeadersTooLarge()
-            if line in (b"\r\n", b"\n"):
-                return
-            if not line.endswith(b"\n"):
-                raise ValueError("request head ended early")
-            text = line.decode("latin-1").rstrip("\r\n")
-            if text[:1] in (" ", "\t"):
-                raise ValueError("obsolete header line folding")
-            name, sep, value = text.partition(":")
-            if not sep or not name or name != name.strip():
-                raise ValueError("malformed header line")
-            key, value = name.lower(), value.strip()
-            if key == "content-length" and self._map.get(key, value) != value:
-                raise ValueError("conflicting Content-Length headers")
-            self._map.setdefault(key, value)
-            self._lines.append(f"{name}: {value}\r\n")
-
-    def items(self):
-        """(lower-cased name, value) pairs, the first of each name."""
-        return self._map.items()
-
-    def get(self, name: str, default=None):
-        return self._map.get(name.lower(), default)
-
-    getheader = get
-
-    def __delitem__(self, name: str) -> None:
-        key = name.lower()
-        self._map.pop(key, None)
-        self._lines = [line for line in self._lines if line.split(":", 1)[0].lower() != key]
-
-    @property
-    def headers(self) -> list[str]:
-        return self._lines
-
-    @property
-    def typeheader(self):
-        return self._map.get("content-type")
-
-
 class CometHandler(WSGIHandler):
-    """pywsgi handler with deadlines, head limits, disconnect hooks and single-write replies."""
+    """pywsgi handler with deadlines, head rules and limits, disconnect hooks and single-write replies."""
 
     def __init__(self, sock, address, server, rfile=None) -> None:  # noqa: ARG002 (pywsgi's signature)
         self._fast = False
+        self._reading = False
         self.socket = sock
         self.client_address = address
         self.server = server
-        self.rfile = sock.makefile("rb", RFILE_BUFFER_BYTES)
+        self.peer = Peer(sock, address)
+        self.rfile = io.BufferedReader(self.peer, RFILE_BUFFER_BYTES)
         self._requests_served = 0
-        # Made per request and dropped before the request parks: a parked client then
-        # holds no timer of its own but its hold timeout (~600 bytes less per waiter).
-        self._deadline: gevent.Timeout | None = None
         if isinstance(address, tuple):  # TCP, not a Unix socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self):
+        self.server.connections += 1
+        try:
+            super().handle()
+        finally:
+            self.server.connections -= 1
+            self._set_reading(False)
+
+    def _set_reading(self, reading: bool) -> None:
+        """Count this connection in ``reading_requests`` while a request head or body is read."""
+        if reading != self._reading:
+            self._reading = reading
+            self.server.reading_requests += 1 if reading else -1
 
     def read_requestline(self):
         if self._requests_served:  # between keep-alive requests: wait quietly
             if self.server.closed or not self._wait_for_next_request():
                 return ""
         self._requests_served += 1
-        self._deadline = gevent.Timeout.start_new(self.server.limits.header_timeout_s, HeaderTimeout)
+        self._set_reading(True)
+        self.peer.arm(self.server.limits.header_timeout_s, HeaderTimeout)
         return super().read_requestline()
 
     def _wait_for_next_request(self) -> bool:
         idle, me = self.server.idle_connections, gevent.getcurrent()
         idle.add(me)  # a graceful stop closes these at once
-        deadline = gevent.Timeout.start_new(self.server.limits.keepalive_timeout_s, _IdleTimeout)
+        self.peer.arm(self.server.limits.keepalive_timeout_s, IdleTimeout)
         try:
             return bool(self.rfile.peek(1))
-        except _IdleTimeout:
+        except (IdleTimeout, OSError):
             return False
         finally:
-            deadline.close()
+            self.peer.disarm()
             idle.discard(me)
 
     def read_request(self, raw_requestline):
-        try:
-            return super().read_request(raw_requestline)
-        finally:
-            self._cancel_deadline()
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.close()
-            self._deadline = None
-
-    def MessageClass(self, rfile, *_args):  # noqa: N802 (pywsgi's name)
-        return Headers(rfile, self.server.limits.max_header_bytes)
+        """Parse the head by RFC 9112 (``http_rules``); ambiguous framing raises HeadError (400)."""
+        self.requestline = raw_requestline.rstrip("\r\n")
+        line = parse_request_line(raw_requestline.encode("latin-1"))
+        self.command, self.path, self.request_version = line
+        self.headers = Headers(self.rfile, self.server.limits.max_header_bytes)
+        framing = check_head(line, self.headers.pairs)
+        self.content_length = framing.content_length
+        self.close_connection = framing.close
+        if framing.content_length or framing.chunked:  # the body gets its own deadline
+            self.peer.arm(self.server.limits.body_timeout_s, BodyTimeout)
+        else:
+            self.peer.disarm()
+            self._set_reading(False)
+        return True
 
     def handle_one_request(self):
         try:
-            return super().handle_one_request()
+            result = super().handle_one_request()
         except HeaderTimeout:  # raised while reading the request line
-            return ("408", RESPONSE_408)
+            note("head-timeout", f"{self.client_address}: no whole request line in time")
+            result = ("408", RESPONSE_408)
         finally:
-            self._cancel_deadline()
+            self.peer.disarm()
+            self._set_reading(False)
+        if isinstance(result, tuple):  # a refusal: send it here, where a gone client is no fault
+            status, reply = result
+            if status == "414":
+                note("head-too-large", f"{self.client_address}: request line too long")
+                reply = RESPONSE_414
+            self.status = status
+            try:
+                self.peer.send_all(reply, self.server.limits.write_timeout_s)
+            except OSError:
+                pass
+            return None
+        if self.peer.broken:  # a body read failed or timed out: the stream is out of step
+            return None
+        return result
 
     def log_request(self):
         if self.server.access_log_enabled:  # pywsgi formats the line even for its no-op log
             super().log_request()
 
     def _handle_client_error(self, ex):
+        who = self.client_address
         if isinstance(ex, HeaderTimeout):
+            note("head-timeout", f"{who}: no whole head in time")
             return ("408", RESPONSE_408)
         if isinstance(ex, HeadersTooLarge):
+            note("head-too-large", f"{who}: over {self.server.limits.max_header_bytes} bytes or too many lines")
             return ("431", RESPONSE_431)
-        log.debug("bad request from %s: %s", self.client_address, ex)
+        if isinstance(ex, HeadError):
+            note("bad-head", f"{who}: {ex.message}")
+            return ("400", error_reply(400, ex.message))
+        if isinstance(ex, OSError):  # reset or gone while sending its head: nobody to answer
+            return None
+        note("bad-head", f"{who}: {str(ex)[:100]}")
         return ("400", RESPONSE_400)
 
     def get_environ(self):
         if self._fast_route():
             return self._fast_environ()
         env = super().get_environ()
-        env["geventcomet.socket"] = self.socket
+        env["geventcomet.socket"] = self.peer
         env["geventcomet.abandon_body"] = self.abandon_body
+        if env["wsgi.input"] is self.wsgi_input:
+            env["wsgi.input"] = RequestBody(self.wsgi_input, self._body_failed,
+                                            self.server.limits.body_timeout_s, self.client_address)
         return env
+
+    def _body_failed(self) -> None:
+        self.close_connection = True
+        self.peer.broken = True
+        self.wsgi_input.chunked_input = False  # nothing left to discard
+        self.wsgi_input.position = self.wsgi_input.content_length or 0
 
     # -- the fast path: GET /register without pywsgi's WSGI machinery -------------
     #
@@ -234,9 +233,10 @@ class CometHandler(WSGIHandler):
     def _fast_environ(self) -> dict:
         _, _, query = self.path.partition("?")
         env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/register", "QUERY_STRING": query,
-               "SERVER_PROTOCOL": "HTTP/1.1", "geventcomet.socket": self.socket}
+               "SERVER_PROTOCOL": "HTTP/1.1", "geventcomet.socket": self.peer}
         for name, value in self.headers.items():
-            env["HTTP_" + name.upper().replace("-", "_")] = value
+            if "_" not in name:  # as pywsgi: X_Y must not pass for X-Y
+                env["HTTP_" + name.upper().replace("-", "_")] = value
         return env
 
     def handle_one_response(self):
@@ -279,7 +279,9 @@ class CometHandler(WSGIHandler):
         self.wsgi_input.chunked_input = False
 
     def handle_error(self, t, v, tb):
-        if isinstance(v, ClientGone):  # the client left while held: nothing to write
+        # The client left while held, reset, or did not take its reply in time (already
+        # noted): nothing to write, and no traceback, since it is no fault of the server's.
+        if isinstance(v, (ClientGone, SlowReader, BodyTimeout, ConnectionError)):
             self.close_connection = True
             return
         super().handle_error(t, v, tb)
@@ -288,15 +290,15 @@ class CometHandler(WSGIHandler):
         if self.provided_date is None:  # pywsgi formats the date anew for every reply
             self.provided_date = True
             self.response_headers.append((b"Date", http_date()))
+        if self.close_connection and all(name.lower() != b"connection" for name, _ in self.response_headers):
+            self.response_headers.append((b"Connection", b"close"))  # say so (RFC 9112 §9.6)
         super().finalize_headers()
 
     def _sendall(self, data):
-        # gevent's sendall asks the kernel for SO_SNDBUF on every call; a reply this small
-        # nearly always leaves in one send(), so try that first.
+        # One non-blocking send() first (gevent's sendall asks the kernel for SO_SNDBUF on
+        # every call, and a reply nearly always fits); a deadline only if the kernel is full.
         try:
-            sent = self.socket.send(data)
-            if sent < len(data):
-                self.socket.sendall(memoryview(data)[sent:])
+            self.peer.send_all(data, self.server.limits.write_timeout_s)
         except OSError as ex:
             self.status = "socket error: %s" % ex
             if self.code > 0:

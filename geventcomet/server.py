@@ -51,14 +51,23 @@ class CometServer(WSGIServer):
         self.limits = config
         #: Greenlets of keep-alive connections waiting for their next request.
         self.idle_connections: set[gevent.Greenlet] = set()
+        #: Open client connections, and those whose request head or body is being read
+        #: (maintained by the handler; in /stats as ``connections``, ``reading_requests``).
+        self.connections = 0
+        self.reading_requests = 0
         self.access_log_enabled = config.access_log
         kwargs.setdefault("log", logging.getLogger("geventcomet.access") if config.access_log else None)
         kwargs.setdefault("error_log", logging.getLogger("geventcomet.http"))
         super().__init__(listener, app, spawn=Pool(), **kwargs)
         self.app = app
+        app.stats_sources.append(self.connection_stats)
         self._accept_pause = 0.0
         self._accept_timer = None
         self._fd_warned_at = -FD_WARNING_INTERVAL_S
+
+    def connection_stats(self) -> dict:
+        """``connections`` open and ``reading_requests`` mid-head or mid-body, for /stats."""
+        return {"connections": self.connections, "reading_requests": self.reading_requests}
 
     def do_read(self):
         try:
