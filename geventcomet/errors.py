@@ -65,3 +65,7 @@ class BackendError(Exception):
 
 class ClientGone(Exception):
     """The client hung up while its request was held; nothing is written back."""
+
+
+class ChannelLimitReached(BackendError):
+    """A publish would create a channel beyond ``max_channels_total``: answered 503, nothing stored."""

@@ -16,7 +16,7 @@ from typing import Mapping
 import gevent
 from gevent.hub import Waiter
 
-from .backends import Backend
+from .backends import EMPTY_PAGE, Backend, Page
 from .errors import ClientGone
 from .hub import Hub, Reason
 
@@ -37,13 +37,23 @@ class PollResult:
 
 def read_all(backend: Backend, channels: tuple[str, ...], positions: Mapping[str, int | None],
              epoch: str | None) -> PollResult:
-    """Read every channel after its position; positions become the channels' last seqs."""
+    """Read every channel after its position, one page in all: at most ``max_reply_events``
+    events and ``max_reply_bytes`` bytes (but at least one event, so a client always
+    progresses). Positions become where each channel's read stopped, so the cursor
+    resumes exactly there; a channel read after the page is full only reports its position.
+    """
     events: list[bytes] = []
     after: dict[str, int] = {}
     recovered, current_epoch = True, epoch
+    page = full = backend.full_page()
+    size = 0
     for channel in channels:
-        read = backend.read(channel, positions.get(channel), epoch)
-        events.extend(read.events)
+        read = backend.read(channel, positions.get(channel), epoch, page)
+        if read.events:
+            events.extend(read.events)
+            size += sum(map(len, read.events))
+            left_events, left_size = full.events - len(events), full.size - size
+            page = Page(left_events, left_size, False) if left_events > 0 and left_size > 0 else EMPTY_PAGE
         after[channel] = read.last_seq
         recovered = recovered and read.recovered
         current_epoch = read.epoch

@@ -7,12 +7,20 @@ from another process, through the ``wake`` callback given to :meth:`Backend.star
 
 Methods may block the calling greenlet on I/O (Redis, SQLite's thread) but never
 the whole process. Everything a backend returns is already encoded for the wire.
+
+Ids are never reused within an epoch, even when a channel is dropped (its backlog
+aged out, or its client's registration expired) and created again: a backend
+remembers one number per epoch, D, the highest last seq of any channel it dropped.
+A channel created while D > 0 starts at D + 2, and a channel that does not exist
+reads as ``last = D + 1``: a cursor from an old life of the channel (at most D) is
+then below ``first - 1`` and gets ``recovered: false``, while a subscriber parked on
+the absent channel (at D + 1) gets the new events with ``recovered: true``.
 """
 from __future__ import annotations
 
 import abc
 import importlib
-from typing import Callable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from ..config import Config
 
@@ -31,20 +39,71 @@ class ChannelRead(NamedTuple):
     epoch: str
 
 
+class Page(NamedTuple):
+    """How much one read may return: at most ``events`` events of at most ``size`` bytes in all.
+
+    ``first_free``: the first event is taken whatever its size, so that a reply always
+    carries at least one event when there is one and a client always progresses.
+    """
+
+    events: int
+    size: int
+    first_free: bool = True
+
+
+#: A page that takes nothing: the read only reports the channel's position.
+EMPTY_PAGE = Page(0, 0, False)
+
+
+def fill_page(events: Iterable[bytes], page: Page) -> list[bytes]:
+    """The leading ``events`` that fit in ``page`` (see :class:`Page`)."""
+    taken: list[bytes] = []
+    size = 0
+    for event in events:
+        if len(taken) >= page.events:
+            break
+        size += len(event)
+        if size > page.size and (taken or not page.first_free):
+            break
+        taken.append(event)
+    return taken
+
+
+def absent_last(dropped: int) -> int:
+    """The last seq a channel that does not exist reads as, given D (see the module docstring)."""
+    return dropped + 1 if dropped > 0 else 0
+
+
 class Backend(abc.ABC):
     """Where events and registrations live. One instance per server process."""
 
     #: Set by subclasses: a short alphanumeric id that changes whenever history is lost.
     epoch: str
+    _config: Config
 
-    def start(self, wake: Callable[[str], int], wake_all: Callable[[], int]) -> None:
+    def start(self, wake: Callable[[str], int], wake_all: Callable[[], int],
+              waiter_count: Callable[[str], int] = lambda channel: 0) -> None:
         """Begin calling ``wake(channel)`` after every publish to ``channel``, from any process.
 
         ``wake_all()`` wakes every local waiter: for when wake-ups may have been missed
         (a broker reconnect) or history changed under them (a new epoch).
+        ``waiter_count(channel)`` says how many local requests wait on a channel: one
+        that somebody waits on is never dropped as idle.
         """
         self._wake = wake
         self._wake_all = wake_all
+        self._waiter_count = waiter_count
+
+    def full_page(self) -> Page:
+        """The most one reply may carry: ``max_reply_events`` events, ``max_reply_bytes`` bytes."""
+        return Page(self._config.max_reply_events, self._config.max_reply_bytes)
+
+    def health(self) -> str | None:
+        """None while the backend works; else why it does not (for the readiness check).
+
+        Cheap: no round trip to a server, so it may be called on every readiness probe.
+        """
+        return None
 
     @abc.abstractmethod
     def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:
@@ -56,9 +115,14 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def read(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
+    def read(self, channel: str, since: int | None, epoch: str | None, page: Page | None = None) -> ChannelRead:
         """Events of ``channel`` after ``since`` (None: none, start from now), decided by
-        :func:`~geventcomet.protocol.plan_read`; ``epoch`` is the cursor's, if any."""
+        :func:`~geventcomet.protocol.plan_read`; ``epoch`` is the cursor's, if any.
+
+        At most ``page`` (default :meth:`full_page`) is returned; when the events owed do
+        not fit, ``last_seq`` is the seq of the last one returned, so a cursor built from
+        it resumes exactly there (events of one channel are contiguous seqs).
+        """
 
     @abc.abstractmethod
     def register(self, client: str) -> None:
@@ -70,11 +134,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def expire_idle(self) -> list[str]:
-        """Drop registrations idle longer than the TTL (and their private channels); return their ids."""
+        """Housekeeping, called periodically: drop registrations idle longer than the TTL (and
+        their private channels), and channels whose backlog aged out that nobody waits on.
+        Returns the ids of the expired clients."""
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:
-        """``{"clients": .., "channels": ..}`` for /stats."""
+        """``{"clients": .., "channels": .., ...}``: what clients made the backend hold, for /stats."""
 
     @abc.abstractmethod
     def channel_names(self, limit: int) -> list[str]:

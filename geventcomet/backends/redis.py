@@ -36,9 +36,16 @@ Redis holds the truth; pub/sub is only a hint (PITFALLS §2.6).
   mass re-poll after a fan-out costs a few round trips on a few connections, and
   only a real Redis failure answers 503.
 
-Keys: ``gc:epoch``, ``gc:seq`` (hash channel -> last seq), ``gc:s:CHANNEL``
-(stream), ``gc:i:CHANNEL:KEY`` (idempotency), ``gc:clients`` (sorted set), and
-the pub/sub channel ``gc:wake``. A single Redis (or a primary); not Redis Cluster.
+- **Dropped channels.** A private channel goes with its expired registration, and
+  housekeeping drops a public channel whose stream expired (its whole backlog aged
+  out) unless somebody waits on it in this process (waiters in other processes are
+  not known here: such a waiter is told ``recovered: false`` at its next event,
+  never skipped). Either raises D in ``gc:dropped`` atomically, so ids are not
+  reused (see :mod:`geventcomet.backends`).
+- **Paging.** A read takes at most a page (``XRANGE ... COUNT`` and a byte budget in
+  the script), so a long backlog is never loaded whole.
+
+Keys: see :mod:`.redis_scripts`. A single Redis (or a primary); not Redis Cluster.
 """
 from __future__ import annotations
 
@@ -56,9 +63,9 @@ from redis.retry import Retry
 from .. import protocol
 from ..config import Config
 from ..errors import BackendError
-from . import Backend, ChannelRead
+from . import Backend, ChannelRead, Page, fill_page
 from .redis_batch import PUBLISH_OP, READ_OP, ZADD_OP, ZSCORE_OP, Batcher, PublishBatcher
-from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ, epoch_candidate
+from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ, SWEEP, epoch_candidate, idempotency_redis_key
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,9 @@ POOL_TIMEOUT_S = 5.0
 MAX_FLUSHERS = 4
 #: How many registrations ``expire_idle`` deletes at once.
 EXPIRE_BATCH = 1000
+#: Channel names one ``expire_idle`` looks at for an expired stream (HSCAN rounds of
+#: SWEEP_BATCH), so a sweep of the whole hash is spread over several calls.
+SWEEP_BATCH, SWEEP_ROUNDS = 1000, 20
 
 
 class RedisUnavailable(BackendError):
@@ -134,6 +144,9 @@ class RedisBackend(Backend):
         self._publish_script = self._writer.register_script(PUBLISH)
         self._read_script = self._reader.register_script(READ)
         self._expire_script = self._reader.register_script(EXPIRE)
+        self._sweep_script = self._reader.register_script(SWEEP)
+        self._sweep_cursor = 0
+        self._problem: str | None = None  # the last Redis failure, until a call succeeds
         flushers = max(1, min(MAX_FLUSHERS, POOL_CONNECTIONS - 1))
         self._batcher = Batcher(self._reader, READ, self._read_script.sha, flushers)
         self._publisher = PublishBatcher(self._writer, PUBLISH, self._publish_script.sha, flushers)
@@ -146,9 +159,11 @@ class RedisBackend(Backend):
         self._refreshed: dict[str, float] = {}  # client -> when this process last wrote it
         self._wake = lambda channel: 0
         self._wake_all = lambda: 0
+        self._waiter_count = lambda channel: 0
         self._closing = False
         self._stop = Event()
         self._subscribed = Event()
+        self._listening = False  # subscribed right now (the Event above says: at least once)
         self._listener: gevent.Greenlet | None = None
         try:
             self._writer.set(PREFIX + "epoch", secrets.token_hex(4), nx=True)
@@ -160,8 +175,8 @@ class RedisBackend(Backend):
             self._disconnect()
             raise BackendError(f"cannot reach Redis at {self._url}: {exc}") from None
 
-    def start(self, wake, wake_all) -> None:
-        self._wake, self._wake_all = wake, wake_all
+    def start(self, wake, wake_all, waiter_count=lambda channel: 0) -> None:
+        self._wake, self._wake_all, self._waiter_count = wake, wake_all, waiter_count
         self._listener = gevent.spawn(self._listen)
         if not self._subscribed.wait(5.0):
             log.warning("Redis wake-up listener not subscribed after 5 s; it keeps trying")
@@ -170,16 +185,21 @@ class RedisBackend(Backend):
 
     def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:
         prefix = protocol.event_prefix(channel)
-        suffix = b',"data":' + data_json.encode() + b"}"
-        idem = f"{PREFIX}i:{channel}:{idempotency_key}" if idempotency_key is not None else PREFIX + "epoch"
+        try:
+            suffix = b',"data":' + data_json.encode() + b"}"
+        except UnicodeEncodeError:
+            raise BackendError("the event's data cannot be encoded as UTF-8 (a lone surrogate?)") from None
+        idem = idempotency_redis_key(channel, idempotency_key) if idempotency_key is not None else PREFIX + "epoch"
         try:
             epoch, seq, duplicate = self._publisher.call(PUBLISH_OP, (
-                (PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem),
+                (PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem, PREFIX + "dropped"),
                 (channel, prefix, suffix, epoch_candidate(), self._config.backlog, self._age_ms,
                  int(self._config.idempotency_ttl_s * 1000), self._origin,
                  "1" if idempotency_key is not None else "0", PREFIX + "wake")))
         except redis.RedisError as exc:
+            self._problem = f"Redis did not acknowledge a publish: {exc}"
             raise BackendError(f"Redis did not acknowledge the publish: {exc}") from None
+        self._problem = None
         epoch = epoch.decode()
         if epoch != self.epoch:
             self._new_epoch(epoch)
@@ -187,7 +207,8 @@ class RedisBackend(Backend):
             self._apply(channel, seq, prefix + str(seq).encode() + suffix, own=True)
         return seq
 
-    def read(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
+    def read(self, channel: str, since: int | None, epoch: str | None, page: Page | None = None) -> ChannelRead:
+        page = page or self.full_page()
         tail = self._tails.get(channel)
         if tail is not None and (epoch is None or epoch == self.epoch):
             last = tail.last
@@ -197,17 +218,21 @@ class RedisBackend(Backend):
                 skip = since + 1 - tail.first
                 oldest = tail.events[skip][0]
                 if oldest >= time.monotonic() - self._config.backlog_age_s:
-                    return ChannelRead([e for _, e in tail.events[skip:]], last, True, self.epoch)
-        return self._read_redis(channel, since, epoch)
+                    events = fill_page((e for _, e in islice(tail.events, skip, None)), page)
+                    return ChannelRead(events, since + len(events), True, self.epoch)
+        return self._read_redis(channel, since, epoch, page)
 
-    def _read_redis(self, channel: str, since: int | None, epoch: str | None) -> ChannelRead:
+    def _read_redis(self, channel: str, since: int | None, epoch: str | None, page: Page) -> ChannelRead:
         generation, started = self._generation, time.monotonic()
         try:
-            reply = self._batcher.call(READ_OP, (channel, since, epoch))
+            reply = self._batcher.call(READ_OP, (channel, since, epoch, page))
         except redis.RedisError as exc:
+            self._problem = f"Redis did not answer a read: {exc}"
             raise RedisUnavailable(f"Redis did not answer a read: {exc}") from None
         if isinstance(reply, Exception):
+            self._problem = f"Redis did not answer a read: {reply}"
             raise RedisUnavailable(f"Redis did not answer a read: {reply}")
+        self._problem = None
         current, last, first, encoded = reply[0].decode(), int(reply[1]), int(reply[2]), reply[3:]
         if current != self.epoch:
             self._new_epoch(current)
@@ -220,11 +245,12 @@ class RedisBackend(Backend):
             tail = self._tails[channel]
             fresh = sum(1 for at, _ in tail.events if at >= started)
             if fresh:
-                return self.read(channel, tail.last - fresh, current)
+                return self.read(channel, tail.last - fresh, current, page)
         plan = protocol.plan_read(since, first, last, epoch in (None, current))
-        start = first if since is None or epoch not in (None, current) else max(since + 1, first)
-        events = list(encoded[max(plan.after + 1 - start, 0):]) if plan.after < last else []
-        return ChannelRead(events, last, plan.recovered, current)
+        if plan.after >= last:
+            return ChannelRead([], last, plan.recovered, current)
+        # The script sent the page from seq plan.after + 1 on (contiguous seqs).
+        return ChannelRead(list(encoded), plan.after + len(encoded), plan.recovered, current)
 
     # -- the local tails and wake-ups --------------------------------------
 
@@ -294,6 +320,7 @@ class RedisBackend(Backend):
                         if connected_before:  # redis-py resubscribed on its own: same as below
                             self._resync()
                         connected_before = True
+                        self._listening = True
                         self._subscribed.set()
             except (redis.RedisError, OSError, ValueError) as exc:
                 if self._closing:
@@ -303,6 +330,7 @@ class RedisBackend(Backend):
                                 exc, backoff)
                 self._drop_tails()  # until resubscribed, reads go to Redis
             finally:
+                self._listening = False
                 try:
                     pubsub.close()
                 except Exception:  # closing a broken connection
@@ -350,15 +378,40 @@ class RedisBackend(Backend):
     def expire_idle(self) -> list[str]:
         try:
             gone = [c.decode() for c in self._expire_script(
-                keys=[PREFIX + "clients", PREFIX + "seq"], args=[time.time(), PREFIX + "s:", EXPIRE_BATCH])]
+                keys=[PREFIX + "clients", PREFIX + "seq", PREFIX + "dropped"],
+                args=[time.time(), PREFIX + "s:", EXPIRE_BATCH])]
+            swept = self._sweep_idle_channels()
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not expire registrations: {exc}") from None
-        for client in gone:
-            self._tails.pop(protocol.private_channel(client), None)
+        for channel in [protocol.private_channel(client) for client in gone] + swept:
+            self._tails.pop(channel, None)
         cutoff = time.monotonic() - self._config.client_ttl_s  # written longer ago: expired or soon
         for client in [c for c, t in self._refreshed.items() if t < cutoff]:
             del self._refreshed[client]
         return gone
+
+    def _sweep_idle_channels(self) -> list[str]:
+        """Drop public channels whose stream expired and that nobody here waits on; a few
+        HSCAN rounds per call, resuming where the last call stopped."""
+        swept: list[str] = []
+        for _ in range(SWEEP_ROUNDS):
+            cursor, fields = self._reader.hscan(PREFIX + "seq", self._sweep_cursor, count=SWEEP_BATCH)
+            self._sweep_cursor = int(cursor)
+            names = [name for name in (f.decode() if isinstance(f, bytes) else f for f in fields)
+                     if not name.startswith(protocol.PRIVATE_PREFIX) and not self._waiter_count(name)]
+            if names:
+                swept += [n.decode() for n in self._sweep_script(keys=[PREFIX + "seq", PREFIX + "dropped"],
+                                                                 args=[PREFIX + "s:", *names])]
+            if self._sweep_cursor == 0:
+                break
+        return swept
+
+    def health(self) -> str | None:
+        if self._closing:
+            return "the backend is closed"
+        if not self._listening:
+            return "the Redis wake-up listener is not subscribed (Redis unreachable?); it keeps retrying"
+        return self._problem
 
     def counts(self) -> dict[str, int]:
         try:

@@ -79,7 +79,7 @@ class Batcher:
             self._flushers -= 1
 
     def _run(self, batch: list) -> list:
-        reads: dict = {}  # (channel, since, epoch) -> index in the pipeline
+        reads: dict = {}  # (channel, since, epoch, page) -> index in the pipeline
         plan = []  # per batch item: its index in the pipeline's replies
         scores: dict[str, float] = {}
         zadd_at = -1
@@ -89,11 +89,12 @@ class Batcher:
             if op == READ_OP:
                 index = reads.get(arg)
                 if index is None:
-                    channel, since, epoch = arg
+                    channel, since, epoch, page = arg
                     index = reads[arg] = len(commands)
-                    commands.append(("EVALSHA", self._sha, 3, PREFIX + "epoch", PREFIX + "seq",
-                                     PREFIX + "s:" + channel, channel, "" if since is None else since,
-                                     epoch or "", candidate, self.age_ms))
+                    commands.append(("EVALSHA", self._sha, 4, PREFIX + "epoch", PREFIX + "seq",
+                                     PREFIX + "s:" + channel, PREFIX + "dropped", channel,
+                                     "" if since is None else since, epoch or "", candidate, self.age_ms,
+                                     page.events, page.size, "1" if page.first_free else "0"))
             elif op == ZADD_OP:
                 client, score = arg
                 scores[client] = score

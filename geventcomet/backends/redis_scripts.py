@@ -1,13 +1,23 @@
 """The Lua scripts of the Redis backend, and the key layout they share.
 
 Keys: ``gc:epoch``, ``gc:seq`` (hash channel -> last seq), ``gc:s:CHANNEL``
-(stream), ``gc:i:CHANNEL:KEY`` (idempotency), ``gc:clients`` (sorted set), and
-the pub/sub channel ``gc:wake``. Each script runs atomically in Redis.
+(stream), ``gc:i:LEN:CHANNEL:KEY`` (idempotency; ``LEN`` is the channel's length, so
+no two (channel, key) pairs share a key even though both may contain ``:``),
+``gc:dropped`` (D: the highest last seq of a dropped channel, see
+:mod:`geventcomet.backends`), ``gc:clients`` (sorted set), and the pub/sub channel
+``gc:wake``. Each script runs atomically in Redis. Streams are never emptied and
+kept: each expires (``PEXPIRE``) one second after its last event is too old, so a
+channel without a stream has no backlog left.
 """
 
 import random
 
 PREFIX = "gc:"
+
+
+def idempotency_redis_key(channel: str, key: str) -> str:
+    """The Redis key remembering ``key`` on ``channel``; the length prefix keeps pairs apart."""
+    return f"{PREFIX}i:{len(channel)}:{channel}:{key}"
 
 
 def epoch_candidate() -> str:
@@ -20,7 +30,7 @@ def epoch_candidate() -> str:
 
 
 PUBLISH = """
--- KEYS: epoch, seq hash, stream, idempotency key (unused unless ARGV[9] == '1')
+-- KEYS: epoch, seq hash, stream, idempotency key (unused unless ARGV[9] == '1'), dropped
 -- ARGV: channel, event prefix, event suffix, candidate epoch, backlog, age ms,
 --       idempotency ttl ms, origin, has key, wake channel
 local epoch = redis.call('GET', KEYS[1])
@@ -31,6 +41,10 @@ end
 if ARGV[9] == '1' then
   local seen = redis.call('GET', KEYS[4])
   if seen then return {epoch, tonumber(seen), 1} end
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then
+  local dropped = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if dropped > 0 then redis.call('HSET', KEYS[2], ARGV[1], dropped + 1) end
 end
 local seq = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 local t = redis.call('TIME')
@@ -50,14 +64,19 @@ return {epoch, seq, 0}
 """
 
 READ = """
--- KEYS: epoch, seq hash, stream
--- ARGV: channel, since ('' none), cursor epoch ('' none), candidate epoch, age ms
+-- KEYS: epoch, seq hash, stream, dropped
+-- ARGV: channel, since ('' none), cursor epoch ('' none), candidate epoch, age ms,
+--       page: max events, max bytes, first event free ('1')
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[4]
   redis.call('SET', KEYS[1], epoch)
 end
-local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if last < 0 then
+  local dropped = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if dropped > 0 then last = dropped + 1 else last = 0 end
+end
 local t = redis.call('TIME')
 local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[5])
 local first = last + 1
@@ -78,19 +97,47 @@ if ARGV[3] == '' or ARGV[3] == epoch then
   if since + 1 > first then lo = since + 1 end
 end
 local out = {epoch, last, first}
-for _, entry in ipairs(redis.call('XRANGE', KEYS[3], lo .. '-0', '+')) do
-  out[#out + 1] = entry[2][4]
+local count, budget, size = tonumber(ARGV[6]), tonumber(ARGV[7]), 0
+if count < 1 then return out end
+for _, entry in ipairs(redis.call('XRANGE', KEYS[3], lo .. '-0', '+', 'COUNT', count)) do
+  local encoded = entry[2][4]
+  size = size + #encoded
+  if size > budget and (#out > 3 or ARGV[8] ~= '1') then break end
+  out[#out + 1] = encoded
 end
 return out
 """
 
 EXPIRE = """
--- KEYS: clients, seq hash; ARGV: now, stream key prefix, limit
+-- KEYS: clients, seq hash, dropped; ARGV: now, stream key prefix, limit
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local dropped = tonumber(redis.call('GET', KEYS[3]) or '0')
+local top = dropped
 for _, client in ipairs(gone) do
   redis.call('ZREM', KEYS[1], client)
+  local last = tonumber(redis.call('HGET', KEYS[2], '@' .. client) or '0')
+  if last > top then top = last end
   redis.call('HDEL', KEYS[2], '@' .. client)
   redis.call('DEL', ARGV[2] .. '@' .. client)
 end
+if top > dropped then redis.call('SET', KEYS[3], top) end
+return gone
+"""
+
+SWEEP = """
+-- Drop public channels whose stream expired (their whole backlog aged out), raising D.
+-- KEYS: seq hash, dropped; ARGV: stream key prefix, candidate channel names...
+local dropped = tonumber(redis.call('GET', KEYS[2]) or '0')
+local top, gone = dropped, {}
+for i = 2, #ARGV do
+  local name = ARGV[i]
+  local last = redis.call('HGET', KEYS[1], name)
+  if last and redis.call('EXISTS', ARGV[1] .. name) == 0 then
+    if tonumber(last) > top then top = tonumber(last) end
+    redis.call('HDEL', KEYS[1], name)
+    gone[#gone + 1] = name
+  end
+end
+if top > dropped then redis.call('SET', KEYS[2], top) end
 return gone
 """
