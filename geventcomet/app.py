@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlencode
 import gevent
 from gevent.event import Event
 
-from . import protocol
+from . import protocol, security
 from .backends import Backend, open_backend
 from .config import FD_RESERVE, Config
 from .errors import (
@@ -140,6 +140,8 @@ class CometApp:
         """
         cors: tuple[tuple[str, str], ...] = ()
         try:
+            if self.config.allowed_hosts:  # before anything else: a rebound name reaches no handler
+                security.check_host(self.config.allowed_hosts, environ.get("HTTP_HOST"))
             cors = self._cors_headers(environ)
             methods = self.routes.get(environ.get("PATH_INFO", ""))
             if methods is None:
@@ -162,15 +164,15 @@ class CometApp:
             reply = (500, b'{"error": "internal server error"}', JSON, ())
         if not isinstance(reply, tuple):
             return reply
-        if cors or self.extra_headers:
-            status, body, content_type, headers = reply
-            return (status, body, content_type, (*headers, *cors, *self.extra_headers))
-        return reply
+        status, body, content_type, headers = reply
+        protection = security.shipped_page_headers() if content_type.startswith("text/html") else security.NOSNIFF
+        return (status, body, content_type, (*headers, *cors, *self.extra_headers, *protection))
 
     def _cors_headers(self, environ: dict) -> tuple[tuple[str, str], ...]:
         origin = environ.get("HTTP_ORIGIN")
-        if not origin or origin.split("://", 1)[-1] == environ.get("HTTP_HOST"):
-            return ()  # not a cross-origin request
+        if not origin or security.same_origin(origin, environ.get("HTTP_HOST"),
+                                              environ.get("HTTP_X_FORWARDED_PROTO")):
+            return ()  # not a cross-origin request: scheme, host and port all match
         if origin in self._origins or "*" in self._origins:
             return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
         raise Forbidden(f"origin {origin[:100]} is not allowed (see --cors-origins)")
@@ -350,7 +352,8 @@ def _template(name: str) -> Template:
 
 
 def json_bytes(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    """Compact ASCII JSON; never ``NaN``/``Infinity`` (served JSON must parse strictly)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
 
 
 def make_app(config: Config | None = None, backend: Backend | None = None) -> CometApp:

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server",
                                 description=f"Every flag can also be set as {ENV_PREFIX}<NAME> "
-                                            "(e.g. GEVENTCOMET_NOTIFY_TOKEN).")
+                                            "(e.g. GEVENTCOMET_NOTIFY_TOKEN). Secrets: give the notify "
+                                            "token as --notify-token-file PATH or GEVENTCOMET_NOTIFY_TOKEN; "
+                                            "a --notify-token on the command line is visible in ps.")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.removesuffix("_s").replace("_", "-") if f.name != "timeout_s" else "--timeout"
         env = ENV_PREFIX + f.name.upper()
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     log.info("configuration: %s", config.describe())
+    if args.get("notify_token"):
+        log.warning("the notify token was given on the command line, where ps shows it to every user "
+                    "of this machine: use --notify-token-file PATH or GEVENTCOMET_NOTIFY_TOKEN instead")
     if command == "serve":
         from .server import serve
         return serve(config)

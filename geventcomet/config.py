@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .security import host_policy, mask_credentials
+
 ENV_PREFIX = "GEVENTCOMET_"
 #: File descriptors kept back from the hold limit for the listener, keep-alive
 #: connections between polls, logs and backend connections.
@@ -51,7 +53,8 @@ class Config:
     notify_token: str = _opt("", "bearer token /notify requires (empty: open); prefer "
                                  "--notify-token-file or the environment, which ps does not show",
                              secret=True)
-    notify_token_file: str = _opt("", "file whose first line is the notify token")
+    notify_token_file: str = _opt("", "file whose first line is the notify token (read at start, "
+                                      "and by each worker; keeps the token out of ps)")
     cors_origins: str = _opt("", "comma-separated origins allowed cross-origin, or *")
     allowed_hosts: str = _opt("", "comma-separated Host header values accepted (empty: any); "
                                   "guards against DNS rebinding")
@@ -70,6 +73,12 @@ class Config:
                      "max_reply_bytes", "max_reply_events", "max_channels_total"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.allowed_hosts:
+            host_policy(self.allowed_hosts)  # a typo is a start-up error, not a 500 per request
+        if self.notify_token_file:  # resolved here, so every way of building a Config sees the token
+            # The file wins over a token already set: a worker gets both (its parent resolved the
+            # file) and re-reads the file, so a token changed in the file applies on SIGHUP.
+            object.__setattr__(self, "notify_token", read_token_file(self.notify_token_file))
 
     @property
     def cors_origin_set(self) -> frozenset[str]:
@@ -84,6 +93,8 @@ class Config:
             if raw is not None:
                 values[f.name] = parse_value(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values.get("notify_token") and values.get("notify_token_file"):
+            raise ValueError("give the notify token once: notify_token or notify_token_file, not both")
         return cls(**values)
 
     def describe(self) -> str:
@@ -93,6 +104,8 @@ class Config:
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
                 value = "***"
+            elif isinstance(value, str):
+                value = mask_credentials(value)  # redis://:PASSWORD@host
             parts.append(f"{f.name}={value}")
         return " ".join(parts)
 
@@ -105,3 +118,20 @@ def parse_value(f: dataclasses.Field, raw: str) -> Any:
         return kind(raw)
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def read_token_file(path: str) -> str:
+    """The notify token in ``path``: its first line, stripped. A clear ``ValueError`` when
+    the file is missing, unreadable or empty.
+
+    The error never quotes the file's content.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"notify_token_file {path!r} cannot be read: "
+                         f"{exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
+    if not token:
+        raise ValueError(f"notify_token_file {path!r} is empty: its first line must be the token")
+    return token
