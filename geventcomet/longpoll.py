@@ -19,6 +19,7 @@ from gevent.hub import Waiter
 from .backends import EMPTY_PAGE, Backend, Page
 from .errors import ClientGone
 from .hub import Hub, Reason
+from .peer import Peer
 
 
 @dataclass(slots=True)
@@ -61,9 +62,11 @@ def read_all(backend: Backend, channels: tuple[str, ...], positions: Mapping[str
 
 
 def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mapping[str, int | None],
-         epoch: str | None, timeout_s: float, sock: socket.socket | None) -> PollResult:
+         epoch: str | None, timeout_s: float, sock: Peer | socket.socket | None) -> PollResult:
     """Answer at once if there is news (or a gap to report), else wait for it.
 
+    ``sock`` is watched for a hang-up: the server's :class:`~geventcomet.peer.Peer`
+    (which keeps pipelined bytes, so the watch stays on), or a plain socket (gunicorn).
     Raises :class:`ClientGone` if the client hangs up while waiting.
     """
     waiter = Waiter()
@@ -103,7 +106,8 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mappi
             if reason is Reason.READABLE and sock is not None and watcher is not None:
                 if client_gone(sock):
                     raise ClientGone()
-                watcher.stop()  # pipelined bytes, not a hang-up: stop watching, or it spins
+                if not isinstance(sock, Peer):  # the bytes stay in a plain socket: stop, or it spins
+                    watcher.stop()
             else:  # a wake took us out of that channel's set; usually the read finds news
                 parked = False
     finally:
@@ -114,8 +118,14 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mappi
             watcher.close()
 
 
-def client_gone(sock: socket.socket) -> bool:
-    """True if the peer closed or reset the connection (peeking, so nothing is consumed)."""
+def client_gone(sock: Peer | socket.socket) -> bool:
+    """True if the client closed or reset the connection.
+
+    A Peer takes pipelined bytes off the socket for the next request (and is gone past
+    its bound); a plain socket is peeked, so nothing is consumed.
+    """
+    if isinstance(sock, Peer):
+        return sock.readable_while_held()
     raw = getattr(sock, "_sock", sock)  # gevent's socket wraps the real one
     try:
         return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
