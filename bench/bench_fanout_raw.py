@@ -122,7 +122,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with gevent.Timeout(300):
         for n in map(int, args.sizes.split(",")):  # a fresh server per size
-            server = ServerProcess(python_args=python_args)  # logs at INFO: only its start-up lines
+            server = ServerProcess("--test-hooks", python_args=python_args)  # /stats?waiting=N
             try:
                 print("\n".join(fanout(server.url, server.proc.pid, n, args.rounds)), flush=True)
             finally:

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlencode
 import gevent
 from gevent.event import Event
 
-from . import protocol, security
+from . import misbehaviour, protocol, security
 from .backends import Backend, open_backend
 from .config import FD_RESERVE, Config
 from .errors import (
@@ -50,6 +50,8 @@ JSON = "application/json"
 STATUS_TEXT = {200: "200 OK"}  # filled in by status_line()
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: ``/stats?waiting=N`` requests (a test hook) held at once; more get 503.
+MAX_STATS_WAITS = 8
 
 
 @dataclass(slots=True)
@@ -95,6 +97,7 @@ class CometApp:
         self._origins = config.cors_origin_set
         self._token = config.notify_token.encode()
         self._stopping = Event()
+        self._stats_waits = 0
         #: More numbers for ``/stats``: each callable returns a dict merged into the snapshot
         #: (the HTTP server adds its connection counts here).
         self.stats_sources: list[Callable[[], dict]] = []
@@ -108,6 +111,8 @@ class CometApp:
             "/register": {"GET": self.register},
             "/notify": {"GET": self.notify_page, "POST": self.notify},
             "/stats": {"GET": self.stats_json},
+            "/healthz": {"GET": self.healthz},
+            "/readyz": {"GET": self.readyz},
         }
         from .browser import install_routes
         install_routes(self)
@@ -185,9 +190,14 @@ class CometApp:
 
     # -- handlers ----------------------------------------------------------
 
+    def held(self) -> int:
+        """Requests held now: parked polls and streams, and open streams that are writing."""
+        stream = getattr(self, "stream", None)  # set by browser.install_routes
+        return self.hub.waiting + (stream.open - stream.parked if stream else 0)
+
     def refuse_if_full(self) -> None:
         """503 + Retry-After when ``max_waiting`` requests are held already."""
-        if self.hub.waiting >= self.max_waiting:
+        if self.held() >= self.max_waiting:
             raise Unavailable(f"server is at capacity ({self.max_waiting} waiting requests); retry later")
 
     def register(self, environ: dict) -> Reply:
@@ -265,22 +275,47 @@ class CometApp:
         return (200, page.encode(), "text/html; charset=utf-8", ())
 
     def stats_json(self, environ: dict) -> Reply:
-        """``/stats``; with ``?waiting=N[&timeout=S]`` it first waits until N requests are held."""
+        """``/stats``; with ``?waiting=N[&timeout=S]`` (``--test-hooks`` only) it first waits
+        until N requests are held, or S seconds."""
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if "waiting" in query:
-            try:
-                target = int(query["waiting"][0])
-            except ValueError:
-                raise CometError("waiting must be an integer") from None
-            timeout_s = protocol.parse_timeout(query.get("timeout", [None])[0], self.config.timeout_s,
-                                               self.config.max_timeout_s)
-            with gevent.Timeout(timeout_s, False):
-                while True:
-                    changed = self.hub.next_change()
-                    if self.hub.waiting >= target:
-                        break
-                    changed.wait()
+            self._wait_for_waiting(query)
         return (200, json_bytes(self.snapshot()), JSON, ())
+
+    def _wait_for_waiting(self, query: dict[str, list[str]]) -> None:
+        # A test instrument, not a feature: off unless --test-hooks, a few at once, and
+        # woken once (when the count is reached), not on every park and unpark.
+        if not self.config.test_hooks:
+            raise NotFound("/stats?waiting=N is a test hook: start the server with --test-hooks")
+        value = query["waiting"][0]
+        if not (value.isascii() and value.isdigit() and len(value) < 10):
+            raise CometError("waiting must be a non-negative integer")
+        target = int(value)
+        timeout_s = protocol.parse_timeout(query.get("timeout", [None])[0], self.config.timeout_s,
+                                           self.config.max_timeout_s)
+        if self.hub.waiting >= target:
+            return
+        if self._stats_waits >= MAX_STATS_WAITS:
+            raise Unavailable(f"at most {MAX_STATS_WAITS} /stats?waiting requests at once")
+        self._stats_waits += 1
+        reached = self.hub.watch_count(target)
+        try:
+            reached.wait(timeout_s)
+        finally:
+            self.hub.unwatch_count(target)
+            self._stats_waits -= 1
+
+    def healthz(self, environ: dict) -> Reply:
+        """Liveness: the process's event loop answers."""
+        return (200, b'{"alive":true}', JSON, ())
+
+    def readyz(self, environ: dict) -> Reply:
+        """Readiness: 503 with the reason while draining or while the backend is unhealthy
+        (a SQLite writer that failed and is restarting, an unreachable Redis)."""
+        reason = "draining: the server is stopping" if self.hub.closing else self.backend.health()
+        if reason is not None:
+            return (503, json_bytes({"ready": False, "reason": reason}), JSON, (("Retry-After", "1"),))
+        return (200, b'{"ready":true}', JSON, ())
 
     def index(self, environ: dict) -> Reply:
         return (200, json_bytes({"name": "geventcomet", "endpoints": sorted(self.routes)}), JSON, ())
@@ -294,7 +329,8 @@ class CometApp:
         extra: dict = {}
         for source in self.stats_sources:
             extra.update(source())
-        return {**extra, "waiting": self.hub.waiting, **counts, **asdict(self.stats), **streams,
+        return {**extra, "waiting": self.hub.waiting, "held": self.held(), **counts, **asdict(self.stats),
+                **streams, "misbehaviour": dict(misbehaviour.clients.counts),
                 "last_fanout": fanout and {"waiters": fanout.waiters, "started_unix": fanout.started,
                                            "ms": round((fanout.ended - fanout.started) * 1000, 3)},
                 "uptime_s": round(time.monotonic() - self.started, 3), "rss_bytes": rss_bytes(),

@@ -61,6 +61,7 @@ class Hub:
         self.idle = Event()
         self.idle.set()
         self._change: Event | None = None
+        self._counts: dict[int, tuple[Event, int]] = {}  # watched count -> (its Event, watchers)
         #: The last wake of :data:`FANOUT_MIN_WAITERS` or more, for ``/stats``.
         self.last_fanout: FanOut | None = None
 
@@ -88,6 +89,8 @@ class Hub:
         self.idle.clear()
         if self._change is not None:
             self._changed()
+        if self._counts:
+            self._count_reached()
 
     def unpark(self, waiter: Waiter, channels: tuple[str, ...]) -> None:
         sets = self._waiters
@@ -102,6 +105,8 @@ class Hub:
             self.idle.set()
         if self._change is not None:
             self._changed()
+        if self._counts:
+            self._count_reached()
 
     def next_change(self) -> Event:
         """An Event set at the next park or unpark, so tests and tools wait instead of polling."""
@@ -113,6 +118,34 @@ class Hub:
         change, self._change = self._change, None
         if change is not None:
             change.set()
+
+    def watch_count(self, count: int) -> Event:
+        """An Event set when exactly ``count`` requests are parked (at once if that many are now).
+
+        For the ``/stats?waiting=N`` test hook. Unlike :meth:`next_change`, a watcher costs
+        a park or unpark one dict lookup and is woken once, when its count is reached.
+        Pair every call with :meth:`unwatch_count`.
+        """
+        event, watchers = self._counts.get(count, (None, 0))
+        if event is None:
+            event = Event()
+        self._counts[count] = (event, watchers + 1)
+        if len(self._all) == count:
+            event.set()
+        return event
+
+    def unwatch_count(self, count: int) -> None:
+        event, watchers = self._counts.get(count, (None, 0))
+        if event is not None:
+            if watchers > 1:
+                self._counts[count] = (event, watchers - 1)
+            else:
+                del self._counts[count]
+
+    def _count_reached(self) -> None:
+        watched = self._counts.get(len(self._all))
+        if watched is not None:
+            watched[0].set()
 
     def wake(self, channel: str) -> int:
         """Wake every request parked on ``channel``; return how many there were."""

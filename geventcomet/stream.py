@@ -127,8 +127,9 @@ class StreamEndpoint:
     """``GET /stream`` for one :class:`~geventcomet.app.CometApp`.
 
     Open streams are parked in the app's hub between batches, so they appear in
-    ``/stats`` ``waiting`` and count against ``--max-waiting``; events written
-    count in ``delivered``, hang-ups in ``disconnects``.
+    ``/stats`` ``waiting``; every open stream counts against ``--max-waiting``, also
+    while it writes (a client that does not read holds its stream until the write
+    deadline). Events written count in ``delivered``, hang-ups in ``disconnects``.
     """
 
     def __init__(self, app, *, heartbeat_s: float = HEARTBEAT_S,
@@ -141,6 +142,9 @@ class StreamEndpoint:
         #: Streams open now, and opened since start.
         self.open = 0
         self.opened = 0
+        #: Open streams parked in the hub now (the others are writing, or blocked on a
+        #: slow reader): ``open - parked`` is what the hub's count misses.
+        self.parked = 0
 
     def __call__(self, environ: dict) -> Iterable[bytes]:
         app = self.app
@@ -186,17 +190,23 @@ class StreamEndpoint:
                     yield SHUTDOWN
                     return
                 if result.events or not result.recovered:
+                    # Activity, like a poll, keeps the registration alive: a busy stream
+                    # may never reach a heartbeat before the client TTL.
+                    app._call_backend(app.backend.register, client)
                     stats.delivered += len(result.events)
                     yield frame_batch(result, positions)
                 elif result.timeout and not first:  # the first read never waits
-                    app._call_backend(app.backend.register, client)  # keep the registration alive
+                    app._call_backend(app.backend.register, client)
                     yield HEARTBEAT
+                self.parked += 1
                 try:
                     result = hold(app.hub, app.backend, channels, positions, result.epoch,
                                   self.heartbeat_s, sock)
                 except ClientGone:
                     stats.disconnects += 1
                     raise
+                finally:
+                    self.parked -= 1
                 first = False
                 positions = start_positions(result)
         except (CometError, BackendError) as exc:  # the backend failed: end it, the browser retries

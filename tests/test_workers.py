@@ -54,7 +54,7 @@ def workers(redis_url):
     running = []
 
     def start(n=2, *args):
-        proc = ServerProcess("--workers", str(n), "--backend", redis_url, *args)
+        proc = ServerProcess("--workers", str(n), "--backend", redis_url, "--test-hooks", *args)
         running.append(proc)
         proc.wait_log(rf"all {n} workers listening")
         return proc
@@ -249,7 +249,7 @@ def test_gunicorn_gevent_workers_share_redis(redis_url, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "-b", f"127.0.0.1:{port}",
          "--graceful-timeout", "2", "geventcomet.wsgi:app"],
-        env={**os.environ, "GEVENTCOMET_BACKEND": redis_url}, stdout=subprocess.DEVNULL,
+        env={**os.environ, "GEVENTCOMET_BACKEND": redis_url, "GEVENTCOMET_TEST_HOOKS": "1"}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     booted = []
@@ -274,3 +274,27 @@ def test_gunicorn_gevent_workers_share_redis(redis_url, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_a_stopped_worker_is_killed_and_replaced(workers):
+    """SIGSTOP a worker: its heartbeat stops, the supervisor kills it, a new one takes its place,
+    and every new connection is answered again (SO_REUSEPORT kept sending some to the stopped one)."""
+    server = workers(2, "--worker-stall-timeout", "1.5")
+    stuck = session_on(server.url).worker
+    os.kill(int(stuck), signal.SIGSTOP)
+    try:
+        server.wait_log(rf"worker pid {stuck} has not answered", timeout=15)
+        server.wait_log(r"starting a replacement", timeout=15)
+        server.wait_log(r"listening on http://", timeout=15)
+        answered = set()
+        for _ in range(40):  # fresh connections, spread by the kernel over the two live workers
+            with requests.Session() as http:
+                reply = http.get(server.url + "/stats", timeout=5)
+                assert reply.status_code == 200
+                answered.add(reply.headers[WORKER])
+        assert stuck not in answered
+    finally:
+        try:
+            os.kill(int(stuck), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
