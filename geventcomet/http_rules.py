@@ -19,7 +19,9 @@ with 400 and the connection closed, never guessed at:
 Deliberate differences from h11 (the test oracle, which accepts these): leading
 zeros and comma lists in Content-Length, Content-Length with Transfer-Encoding
 (h11 lets chunked win), Transfer-Encoding in HTTP/1.0, obsolete line folding,
-bare LF line endings, and versions other than 1.x are refused here.
+bare LF line endings, control bytes in header values (h11 only refuses NUL and
+whitespace), versions other than 1.x, and HTTP/1.2-1.9 without a Host (read as 1.1
+here) are refused here.
 """
 from __future__ import annotations
 
