@@ -11,28 +11,45 @@ import pytest
 
 from geventcomet import Config
 from geventcomet.backends import open_backend
+from geventcomet.backends.memory import MemoryBackend
+from geventcomet.backends.redis import RedisBackend
+from geventcomet.backends.sqlite import SQLiteBackend
 
 from .helpers import Changes
 
 BACKENDS = ["memory", "sqlite", "redis"]
+CLASSES = {"memory": MemoryBackend, "sqlite": SQLiteBackend, "redis": RedisBackend}
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture(params=BACKENDS)
 def make_backend(request, tmp_path):
-    """Factory: ``make_backend(**config)`` opens the parametrised backend, started, closed after."""
+    """Factory: ``make_backend(clock=None, **config)`` opens the parametrised backend, started,
+    closed after. ``backend.waiting[channel] = n`` pretends n requests wait on a channel."""
     opened = []
 
-    def make(**overrides):
+    def make(clock=None, **overrides):
         if request.param == "memory":
             url = "memory"
         elif request.param == "sqlite":
             url = f"sqlite://{tmp_path}/contract.db"
         else:
             url = request.getfixturevalue("redis_url")
-        backend = open_backend(Config(backend=url, **overrides))
-        woken, changes = [], Changes()
-        backend.start(lambda channel: woken.append(channel) or changes.changed() or 0, lambda: 0)
-        backend.woken, backend.woken_changes = woken, changes
+        config = Config(backend=url, **overrides)
+        backend = open_backend(config) if clock is None else CLASSES[request.param](config, clock=clock)
+        woken, changes, waiting = [], Changes(), {}
+        backend.start(lambda channel: woken.append(channel) or changes.changed() or 0, lambda: 0,
+                      lambda channel: waiting.get(channel, 0))
+        backend.woken, backend.woken_changes, backend.waiting = woken, changes, waiting
         opened.append(backend)
         return backend
 
@@ -194,3 +211,153 @@ def test_counts_and_channel_names(make_backend):
     assert backend.counts()["channels"] == 3
     assert sorted(backend.channel_names(10)) == ["a", "b", "c"]
     assert len(backend.channel_names(2)) == 2
+
+
+def test_a_healthy_backend_says_so(make_backend):
+    backend = make_backend()
+    backend.publish("news", "1")
+    assert backend.health() is None
+
+
+# -- idempotency keys are per channel (issue 11, items 2 and 3) -----------------
+
+def test_an_idempotency_key_is_scoped_to_its_channel(make_backend):
+    backend = make_backend()
+    assert backend.publish("A", '"a"', "K") == 1
+    assert backend.publish("B", '"b"', "K") == 1  # another channel: another publish
+    assert backend.publish("A", '"a"', "K") == 1  # the retry on A is stored once
+    assert ids(backend.read("A", 0, None)) == [1] and ids(backend.read("B", 0, None)) == [1]
+
+
+def test_channels_and_keys_with_colons_never_collide(make_backend):
+    backend = make_backend()
+    assert backend.publish("X:b", '"first"', "c") == 1
+    assert backend.publish("X", '"second"', "b:c") == 1  # gc:i:X:b:c was both, once
+    assert [json.loads(e)["data"] for e in backend.read("X", 0, None).events] == ["second"]
+
+
+# -- ids are never reused when a channel is dropped and created again (item 4) --
+
+def test_a_recreated_private_channel_never_reuses_ids(make_backend):
+    clock = Clock()
+    backend = make_backend(clock=clock, client_ttl_s=200)
+    backend.register("c")
+    assert [backend.publish("@c", json.dumps(i)) for i in (1, 2)] == [1, 2]
+    assert backend.read("@c", 0, backend.epoch).last_seq == 2  # a client's cursor: ...@c~2
+    clock.now += 300  # the client goes quiet past its TTL
+    assert backend.expire_idle() == ["c"]
+    backend.register("c")
+    again = [backend.publish("@c", json.dumps(i)) for i in (3, 4, 5)]
+    assert again[0] > 2 and again == list(range(again[0], again[0] + 3))
+    read = backend.read("@c", 2, backend.epoch)  # the old cursor: told, never skipped
+    assert (ids(read), read.recovered) == (again, False)
+    read = backend.read("@c", again[-1], backend.epoch)
+    assert (ids(read), read.recovered) == ([], True)
+
+
+def test_a_subscriber_to_an_absent_channel_gets_its_first_events(make_backend):
+    clock = Clock()
+    backend = make_backend(clock=clock, client_ttl_s=200)
+    backend.register("gone")
+    backend.publish("@gone", '"x"')
+    clock.now += 300
+    backend.expire_idle()  # D is now above 0
+    start = backend.read("@new", None, None)
+    assert (start.events, start.recovered) == ([], True)
+    seq = backend.publish("@new", '"hello"')
+    read = backend.read("@new", start.last_seq, backend.epoch)
+    assert (ids(read), read.recovered) == ([seq], True)
+
+
+def age_out_streams(make_backend, backend, *channels):
+    """Redis ages a stream out with its own clock (PEXPIRE); do what that expiry does."""
+    if make_backend.kind == "redis":
+        import redis
+        client = redis.Redis.from_url(backend._config.backend)
+        client.delete(*[f"gc:s:{c}" for c in channels])
+        client.close()
+
+
+def test_an_aged_out_channel_nobody_waits_on_is_dropped_without_reusing_ids(make_backend):
+    clock = Clock()
+    backend = make_backend(clock=clock, backlog_age_s=60)
+    publish_n(backend, "old", 2)
+    publish_n(backend, "watched", 1)
+    clock.now += 120  # their whole backlog is now too old
+    age_out_streams(make_backend, backend, "old", "watched")
+    publish_n(backend, "fresh", 1)
+    backend.waiting["watched"] = 1
+    backend.expire_idle()
+    assert backend.counts()["channels"] == 2  # watched and fresh stay
+    assert sorted(backend.channel_names(10)) == ["fresh", "watched"]
+    read = backend.read("old", 2, backend.epoch)  # a cursor from its old life
+    assert (ids(read), read.recovered) == ([], False)
+    seq = backend.publish("old", '"new life"')
+    assert seq > 2
+    assert backend.read("old", 2, backend.epoch).recovered is False
+    assert backend.publish("watched", '"x"') == 2  # kept: its ids simply continue
+
+
+# -- the bound on channels (item 11) -------------------------------------------
+
+def test_a_publish_past_the_channel_bound_is_refused(make_backend):
+    if make_backend.kind == "redis":
+        pytest.skip("Redis holds its channels itself: bounded by Redis's maxmemory, not here")
+    from geventcomet.errors import ChannelLimitReached
+    clock = Clock()
+    backend = make_backend(clock=clock, max_channels_total=3, backlog_age_s=60)
+    for name in ("a", "b", "c"):
+        backend.publish(name, "1")
+    with pytest.raises(ChannelLimitReached, match="at most 3"):
+        backend.publish("d", "1")
+    assert backend.publish("a", "2") == 2  # existing channels carry on
+    assert backend.counts()["channels"] == 3 and ids(backend.read("d", 0, None)) == []
+    clock.now += 120
+    backend.expire_idle()  # all three aged out: room again
+    assert backend.publish("d", "1") == 1 + 2 + 1  # D is 2 (a's last): d starts at D + 2
+    assert backend.counts()["channels"] == 1
+
+
+# -- paging (item 7) -----------------------------------------------------------
+
+def read_pages(backend, channels, positions, epoch):
+    """Poll as a client would until nothing is left; return the events and the pages' sizes."""
+    from geventcomet.longpoll import read_all
+    got, pages = [], []
+    while True:
+        result = read_all(backend, channels, positions, epoch)
+        if not result.events:
+            return got, pages
+        assert result.recovered
+        pages.append((len(result.events), sum(map(len, result.events))))
+        got += [(json.loads(e)["channel"], json.loads(e)["id"]) for e in result.events]
+        positions, epoch = result.positions, result.epoch
+
+
+def test_a_long_backlog_is_read_in_pages(make_backend):
+    backend = make_backend(max_reply_bytes=200_000)
+    payload = json.dumps("x" * 40_000)
+    for _ in range(50):
+        backend.publish("big", payload)
+    publish_n(backend, "small", 3)
+    readers = [backend]
+    if make_backend.kind == "redis":  # a second process has no tail: pages come from the script
+        readers.append(make_backend(max_reply_bytes=200_000))
+    for reader in readers:
+        got, pages = read_pages(reader, ("big", "small"), {"big": 0, "small": 0}, backend.epoch)
+        # Every event exactly once, in order within its channel (a page may mix channels).
+        assert [i for c, i in got if c == "big"] == list(range(1, 51))
+        assert [i for c, i in got if c == "small"] == [1, 2, 3] and len(got) == 53
+        assert len(pages) >= 10 and all(size <= 200_000 for _, size in pages)
+
+
+def test_a_page_holds_at_least_one_event_and_at_most_max_reply_events(make_backend):
+    backend = make_backend(max_reply_bytes=1000, max_reply_events=3)
+    backend.publish("big", json.dumps("y" * 5000))  # larger than a page: sent alone
+    publish_n(backend, "news", 7)
+    readers = [backend] + ([make_backend(max_reply_bytes=1000, max_reply_events=3)]
+                           if make_backend.kind == "redis" else [])
+    for reader in readers:
+        got, pages = read_pages(reader, ("big", "news"), {"big": 0, "news": 0}, None)
+        assert got == [("big", 1)] + [("news", i) for i in range(1, 8)]
+        assert [n for n, _ in pages] == [1, 3, 3, 1]  # the big one alone: it fills its page

@@ -53,6 +53,7 @@ import logging
 import secrets
 import time
 from itertools import islice
+from typing import Callable
 
 import gevent
 import redis
@@ -122,8 +123,9 @@ def _redact(url: str) -> str:
 class RedisBackend(Backend):
     """Shared backend over one Redis; see the module docstring."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         self._config = config
+        self._clock = clock  # the wall clock of registrations' expiry scores (tests drive it)
         self._url = _redact(config.backend)
         common = dict(socket_connect_timeout=2.0, socket_keepalive=True)
         try:
@@ -351,7 +353,7 @@ class RedisBackend(Backend):
         written = self._refreshed.get(client)
         if written is not None and now - written < self._refresh_s:
             return  # this process wrote it recently; the expiry score covers the gap
-        score = time.time() + self._config.client_ttl_s + self._refresh_s
+        score = self._clock() + self._config.client_ttl_s + self._refresh_s
         if written is not None and now - written < self._config.client_ttl_s:
             # Still registered (its score outlasts this by the refresh interval): refresh
             # in the background; a poll never waits for it.
@@ -373,18 +375,20 @@ class RedisBackend(Backend):
             raise BackendError(f"Redis did not answer: {exc}") from None
         if isinstance(expires, Exception):
             raise BackendError(f"Redis did not answer: {expires}")
-        return expires is not None and float(expires) >= time.time()
+        return expires is not None and float(expires) >= self._clock()
 
     def expire_idle(self) -> list[str]:
         try:
             gone = [c.decode() for c in self._expire_script(
                 keys=[PREFIX + "clients", PREFIX + "seq", PREFIX + "dropped"],
-                args=[time.time(), PREFIX + "s:", EXPIRE_BATCH])]
+                args=[self._clock(), PREFIX + "s:", EXPIRE_BATCH])]
             swept = self._sweep_idle_channels()
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not expire registrations: {exc}") from None
         for channel in [protocol.private_channel(client) for client in gone] + swept:
             self._tails.pop(channel, None)
+        for client in gone:  # a re-registration must be written, however recent the last write
+            self._refreshed.pop(client, None)
         cutoff = time.monotonic() - self._config.client_ttl_s  # written longer ago: expired or soon
         for client in [c for c, t in self._refreshed.items() if t < cutoff]:
             del self._refreshed[client]
@@ -416,7 +420,7 @@ class RedisBackend(Backend):
     def counts(self) -> dict[str, int]:
         try:
             with self._reader.pipeline(transaction=False) as pipe:
-                pipe.zcount(PREFIX + "clients", time.time(), "+inf")
+                pipe.zcount(PREFIX + "clients", self._clock(), "+inf")
                 pipe.hlen(PREFIX + "seq")
                 clients, channels = pipe.execute()
         except redis.RedisError as exc:
