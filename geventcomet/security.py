@@ -191,7 +191,9 @@ def page_headers(pages: Iterable[str]) -> tuple[tuple[str, str], ...]:
     return (*NOSNIFF,
             ("Content-Security-Policy", content_security_policy(pages)),
             ("X-Frame-Options", "DENY"),
-            ("Referrer-Policy", "no-referrer"))
+            # not "no-referrer": under it a form's POST carries "Origin: null" (Fetch's origin
+            # serialisation), and the Notify page's own form would be refused as cross-origin
+            ("Referrer-Policy", "same-origin"))
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ def test_every_reply_says_nosniff_and_pages_get_csp_and_frame_protection(server)
             assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp, path
             assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
             assert reply.headers["X-Frame-Options"] == "DENY"
-            assert reply.headers["Referrer-Policy"] == "no-referrer"
+            assert reply.headers["Referrer-Policy"] == "same-origin"
         else:
             assert "Content-Security-Policy" not in reply.headers, path
     # the long-poll fast path (raw HTTP/1.1 GET /register), a POST, an error and a preflight

@@ -6,6 +6,7 @@
  *     onGap: function (info) { console.warn('missed events', info); },  // recovered: false
  *     onState: function (state, info) { console.log(state, info); },   // connecting/open/reconnecting/closed
  *     onError: function (err) { console.error('stopped:', err); }      // 400/401/403/404: no retry
+ *     // every retry says why: onState('reconnecting', {reason, error, delay, attempt})
  *   });
  *   comet.publish('news', {text: 'hi'}).then(function (r) { console.log('sent as', r.id); });
  *   sub.close();
@@ -15,7 +16,10 @@
  * holds; when it cannot (trimmed backlog, restarted memory backend) onGap is called
  * with {recovered: false} before the events that are left. Reconnects wait
  * min(maxDelay, minDelay * 2^attempt) * random() (full jitter), plus the server's
- * Retry-After when it sends one (503: shutting down, at capacity).
+ * Retry-After when it sends one (503: shutting down, at capacity). A reply or event
+ * that is not valid geventcomet JSON (a broken proxy, a server bug) is never skipped
+ * and never retried at once: the cursor stays where it was, the error is reported
+ * with the 'reconnecting' state (info.error, sub.lastError) and the retry backs off.
  * See docs/browser.md for the whole API.
  */
 (function (root, factory) {
@@ -85,6 +89,26 @@
 
   function parseJson(text) {
     try { return JSON.parse(text); } catch (e) { return null; }
+  }
+
+  /** True for a well-formed event: {channel: string, id: integer >= 0, data}. */
+  function isEvent(e) {
+    return e !== null && typeof e === 'object' && typeof e.channel === 'string' &&
+      typeof e.id === 'number' && e.id >= 0 && Math.floor(e.id) === e.id && 'data' in e;
+  }
+
+  /** True for a well-formed poll reply: checked whole before any of it is used. */
+  function isPollReply(r) {
+    if (r === null || typeof r !== 'object' || !Array.isArray(r.events) ||
+        typeof r.cursor !== 'string' || typeof r.client !== 'string') return false;
+    for (var i = 0; i < r.events.length; i++) if (!isEvent(r.events[i])) return false;
+    return true;
+  }
+
+  /** What a reply that cannot be used looks like, for the error report. */
+  function describeBody(text) {
+    var shown = String(text).slice(0, 80);
+    return shown.length < String(text).length ? shown + '...' : shown;
   }
 
   /** An error from the server (`status` set) or from the network (`status` 0). */
@@ -175,6 +199,8 @@
     /** 'connecting', 'open', 'reconnecting' or 'closed'. */
     this.state = null;
     this.attempt = 0;
+    /** The last error that made this subscription retry (null after a good reply). */
+    this.lastError = null;
     this.closed = false;
     this._lastIds = {};
     this._handlers = options;
@@ -221,12 +247,24 @@
     call(this._handlers.onError, this, [err]);
   };
 
-  Subscription.prototype._retry = function (retryAfter, reason) {
+  // Every retry waits (growing, capped, jittered: reconnectDelay) and says why, so a
+  // reply that keeps failing the same way can neither spin nor go unnoticed.
+  Subscription.prototype._retry = function (retryAfter, reason, error) {
     if (this.closed) return;
     var self = this, delay = reconnectDelay(this.attempt, retryAfter, this.options);
     this.attempt++;
-    this._setState('reconnecting', {reason: reason, delay: Math.round(delay), attempt: this.attempt});
+    this.lastError = error || CometError(reason, 0);
+    this._setState('reconnecting', {reason: reason, error: this.lastError, delay: Math.round(delay),
+                                    attempt: this.attempt});
     this._timer = setTimeout(function () { self._connect(); }, delay);
+  };
+
+  /** A reply or event that is not valid geventcomet JSON: keep the cursor, back off, report. */
+  Subscription.prototype._badReply = function (status, text, what) {
+    var reason = 'unusable ' + what + ' from the server (HTTP ' + status + '): ' + describeBody(text);
+    var err = CometError(reason, status, null);
+    err.unusable = true;
+    this._retry(null, reason, err);
   };
 
   Subscription.prototype._gap = function (info) {
@@ -252,24 +290,26 @@
     this._guard = setTimeout(function () { ctrl.abort(); }, (o.timeout + 15) * 1000);
     fetch(url, {signal: ctrl.signal, credentials: o.credentials, cache: 'no-store'})
       .then(function (res) {
-        return res.text().then(function (text) { return {res: res, body: parseJson(text)}; });
+        return res.text().then(function (text) { return {res: res, text: text, body: parseJson(text)}; });
       })
       .then(function (got) {
         clearTimeout(self._guard);
         if (self.closed) return;
         var status = got.res.status, body = got.body;
-        if (status === 200 && body && Array.isArray(body.events)) {
+        if (status === 200) {
+          if (!isPollReply(body)) return self._badReply(status, got.text, 'reply');
           self._accept(body);
           if (self.closed) return;
           self.attempt = 0;
+          self.lastError = null;
           self._poll();
           return;
         }
-        if (body && body.cursor) self.cursor = body.cursor;  // a shutdown reply keeps our place
-        if (body && body.client) self.client = body.client;
+        if (body && typeof body.cursor === 'string') self.cursor = body.cursor;  // a shutdown reply keeps our place
+        if (body && typeof body.client === 'string') self.client = body.client;
         if (FATAL[status]) return self._fail(status, body);
-        self._retry(retryAfterMs(got.res.headers.get('Retry-After')),
-                    (body && body.error) || ('HTTP ' + status));
+        var reason = (body && body.error) || ('HTTP ' + status);
+        self._retry(retryAfterMs(got.res.headers.get('Retry-After')), reason, CometError(reason, status, body));
       }, function (err) {
         clearTimeout(self._guard);
         if (!self.closed) self._retry(null, 'network error: ' + err.message);
@@ -299,7 +339,9 @@
       self.client = hello.client || self.client;
       if (e.lastEventId) self.cursor = e.lastEventId;
       self._since = null;
-      self.attempt = 0;
+      // A stream that opens but then sends an unusable event is not healthy yet: the
+      // backoff keeps growing until a good event arrives.
+      if (!(self.lastError && self.lastError.unusable)) { self.attempt = 0; self.lastError = null; }
       nativeRetryUsed = false;
       self._setState('open', {client: self.client});
     });
@@ -313,8 +355,15 @@
     });
     es.onmessage = function (e) {
       var event = parseJson(e.data);
+      if (!isEvent(event)) {  // skipping it would lose it: resume from before it, later
+        es.close();
+        self._es = null;
+        return self._badReply(200, e.data, 'event');
+      }
       if (e.lastEventId) self.cursor = e.lastEventId;
-      if (event) self._deliver(event);
+      self.attempt = 0;
+      self.lastError = null;
+      self._deliver(event);
     };
     es.onerror = function () {
       if (self.closed || es !== self._es) return;

@@ -46,10 +46,18 @@ const ops = {
   async click({ page, selector }) { await getPage(page).page.click(selector); return null; },
   async fill({ page, selector, value }) { await getPage(page).page.fill(selector, value); return null; },
   async eval({ page, expr }) { return await getPage(page).page.evaluate(expr); },
+  // Polled from here, not with waitForFunction: that evaluates a string predicate with eval()
+  // inside the page, which the pages' Content-Security-Policy (rightly) refuses. Evaluation
+  // through the DevTools protocol is not subject to the page's CSP.
   async wait({ page, expr, timeout }) {
-    const handle = await getPage(page).page.waitForFunction(expr, null,
-      { timeout: timeout || DEFAULT_TIMEOUT_MS, polling: 'raf' });
-    return await handle.jsonValue();
+    const p = getPage(page).page;
+    const deadline = Date.now() + (timeout || DEFAULT_TIMEOUT_MS);
+    for (;;) {
+      const value = await p.evaluate(expr);
+      if (value) return value;
+      if (Date.now() > deadline) throw new Error(`timed out after ${timeout || DEFAULT_TIMEOUT_MS} ms waiting for ${expr}`);
+      await new Promise((resolve) => setTimeout(resolve, 15));
+    }
   },
   // Answer requests matching `pattern` (a glob) with a canned response, `times` times.
   async route({ page, pattern, status, headers, body, times }) {
