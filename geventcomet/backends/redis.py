@@ -55,9 +55,7 @@ import time
 from itertools import islice
 from typing import Callable
 
-import gevent
 import redis
-from gevent.event import Event
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -66,6 +64,7 @@ from ..config import Config
 from ..errors import BackendError
 from . import Backend, ChannelRead, Page, fill_page
 from .redis_batch import PUBLISH_OP, READ_OP, ZADD_OP, ZSCORE_OP, Batcher, PublishBatcher
+from .redis_listener import WakeListener
 from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ, SWEEP, epoch_candidate, idempotency_redis_key
 
 log = logging.getLogger(__name__)
@@ -74,8 +73,6 @@ log = logging.getLogger(__name__)
 TAIL_EVENTS = 64
 #: Channels with a tail in one process; beyond this, the oldest tenth is dropped.
 MAX_TAILS = 200_000
-#: Backoff of the wake-up listener's reconnects: doubling from the first to the cap.
-RECONNECT_FIRST_S, RECONNECT_CAP_S = 0.05, 2.0
 #: Connections per pool (one pool for publishes, one for reads) in each process.
 POOL_CONNECTIONS = 16
 #: How long a caller waits for a pooled connection before the call fails (then 503).
@@ -163,10 +160,8 @@ class RedisBackend(Backend):
         self._wake_all = lambda: 0
         self._waiter_count = lambda channel: 0
         self._closing = False
-        self._stop = Event()
-        self._subscribed = Event()
-        self._listening = False  # subscribed right now (the Event above says: at least once)
-        self._listener: gevent.Greenlet | None = None
+        self._listener = WakeListener(self._subscriber, PREFIX + "wake", self._on_message, self._resync,
+                                      self._drop_tails)
         try:
             self._writer.set(PREFIX + "epoch", secrets.token_hex(4), nx=True)
             epoch = self._writer.get(PREFIX + "epoch")  # bytes: decode_responses is off
@@ -179,8 +174,7 @@ class RedisBackend(Backend):
 
     def start(self, wake, wake_all, waiter_count=lambda channel: 0) -> None:
         self._wake, self._wake_all, self._waiter_count = wake, wake_all, waiter_count
-        self._listener = gevent.spawn(self._listen)
-        if not self._subscribed.wait(5.0):
+        if not self._listener.start(5.0):
             log.warning("Redis wake-up listener not subscribed after 5 s; it keeps trying")
 
     # -- publish and read --------------------------------------------------
@@ -303,44 +297,6 @@ class RedisBackend(Backend):
         self._tails.clear()
         self._generation += 1
 
-    def _listen(self) -> None:
-        """The one pub/sub listener of this process: wake-ups in, reconnects with capped backoff."""
-        backoff, connected_before = RECONNECT_FIRST_S, False
-        while not self._closing:
-            pubsub = self._subscriber.pubsub()
-            try:
-                pubsub.subscribe(PREFIX + "wake")
-                # listen() blocks this greenlet on the socket; get_message(timeout) would
-                # poll it first, which costs more than the message itself.
-                for message in pubsub.listen():
-                    if self._closing:
-                        break
-                    if message["type"] == "message":
-                        self._on_message(message["data"])
-                    elif message["type"] == "subscribe":
-                        backoff = RECONNECT_FIRST_S
-                        if connected_before:  # redis-py resubscribed on its own: same as below
-                            self._resync()
-                        connected_before = True
-                        self._listening = True
-                        self._subscribed.set()
-            except (redis.RedisError, OSError, ValueError) as exc:
-                if self._closing:
-                    break
-                if connected_before:
-                    log.warning("Redis wake-up listener lost its connection (%s); retrying in %.2f s",
-                                exc, backoff)
-                self._drop_tails()  # until resubscribed, reads go to Redis
-            finally:
-                self._listening = False
-                try:
-                    pubsub.close()
-                except Exception:  # closing a broken connection
-                    pass
-            if self._stop.wait(backoff):
-                break
-            backoff = min(backoff * 2, RECONNECT_CAP_S)
-
     def _resync(self) -> None:
         log.info("Redis wake-up listener resubscribed: waking every local channel to re-read")
         self._drop_tails()
@@ -413,7 +369,7 @@ class RedisBackend(Backend):
     def health(self) -> str | None:
         if self._closing:
             return "the backend is closed"
-        if not self._listening:
+        if not self._listener.listening:
             return "the Redis wake-up listener is not subscribed (Redis unreachable?); it keeps retrying"
         return self._problem
 
@@ -441,9 +397,7 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self._closing = True
-        self._stop.set()
-        if self._listener is not None:
-            self._listener.kill(timeout=2)
+        self._listener.close()
         self._disconnect()
 
     def _disconnect(self) -> None:
