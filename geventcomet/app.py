@@ -32,6 +32,7 @@ from .backends import Backend, open_backend
 from .config import FD_RESERVE, Config
 from .errors import (
     BackendError,
+    ChannelLimitReached,
     ClientGone,
     CometError,
     Forbidden,
@@ -50,6 +51,8 @@ JSON = "application/json"
 STATUS_TEXT = {200: "200 OK"}  # filled in by status_line()
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Retry-After of a notify refused because the channel bound is reached.
+CHANNEL_LIMIT_RETRY_S = 10
 #: ``/stats?waiting=N`` requests (a test hook) held at once; more get 503.
 MAX_STATS_WAITS = 8
 
@@ -116,7 +119,7 @@ class CometApp:
         }
         from .browser import install_routes
         install_routes(self)
-        backend.start(hub.wake, hub.wake_all)
+        backend.start(hub.wake, hub.wake_all, hub.waiter_count)  # a waited-on channel is never dropped
         self._housekeeper = gevent.spawn(self._expire_registrations)
 
     def close(self) -> None:
@@ -344,6 +347,8 @@ class CometApp:
     def _call_backend(self, method, *args):
         try:
             return method(*args)
+        except ChannelLimitReached as exc:  # not a failure: a bound, freed as idle channels age out
+            raise Unavailable(str(exc), retry_after_s=CHANNEL_LIMIT_RETRY_S) from None
         except BackendError as exc:
             raise Unavailable(f"backend unavailable: {exc}") from None
 

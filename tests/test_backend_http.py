@@ -91,6 +91,8 @@ def test_a_notify_past_the_channel_bound_gets_503_and_the_rest_carry_on(kind, tm
     comet.notify("b", 1)
     reply = comet.http.post(server.url + "/notify", json={"channel": "c", "data": 1}, timeout=10)
     assert reply.status_code == 503 and "at most 2" in reply.json()["error"]
+    assert not reply.json()["error"].startswith("backend unavailable")  # a bound, not a failure
+    assert reply.headers["Retry-After"] == "10"
     assert comet.notify("a", 2)["id"] == 2
     assert comet.stats()["channels"] == 2
 
