@@ -47,7 +47,14 @@ class Config:
                                              "paged (the cursor says where the page stopped)")
     max_reply_events: int = _opt(1000, "most events in one poll reply or stream batch (paged beyond)")
     max_channels_total: int = _opt(100_000, "most channels the memory and sqlite backends hold (503 beyond)")
+    max_clients_total: int = _opt(500_000, "most client registrations held at once (503 to a new client beyond)")
+    max_idempotency_keys: int = _opt(500_000, "most Idempotency-Keys remembered at once (503 to a notify "
+                                              "with a new key beyond)")
+    max_backlog_bytes: int = _opt(512 * 1024 * 1024, "most bytes of kept events over all channels of the "
+                                                     "memory and sqlite backends (oldest trimmed beyond)")
     max_waiting: int = _opt(0, "most requests held at once (503 beyond); 0 = open-file limit - 300")
+    worker_stall_timeout_s: float = _opt(10.0, "with --workers: a worker whose event loop has not "
+                                                "answered for this long is killed and replaced")
     client_ttl_s: float = _opt(300.0, "idle time after which a client registration expires")
     idempotency_ttl_s: float = _opt(300.0, "how long an Idempotency-Key is remembered")
     notify_token: str = _opt("", "bearer token /notify requires (empty: open); prefer "
@@ -70,7 +77,8 @@ class Config:
         if not 0 <= self.timeout_s <= self.max_timeout_s:
             raise ValueError("timeout_s must be between 0 and max_timeout_s")
         for name in ("backlog", "max_channels", "max_body_bytes", "max_header_bytes", "workers",
-                     "max_reply_bytes", "max_reply_events", "max_channels_total"):
+                     "max_reply_bytes", "max_reply_events", "max_channels_total", "max_clients_total",
+                     "max_idempotency_keys", "max_backlog_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.allowed_hosts:
