@@ -47,8 +47,8 @@ def test_a_publish_during_a_slow_backlog_read_still_wakes_the_poll_at_once(start
             super().__init__(config)
             self.reading, self.release = gevent.event.Event(), gevent.event.Event()
 
-        def read(self, channel, since, epoch):
-            result = super().read(channel, since, epoch)
+        def read(self, channel, since, epoch, page=None):
+            result = super().read(channel, since, epoch, page)
             if channel == "race" and not self.release.is_set():
                 self.reading.set()
                 self.release.wait()  # yields, like a Redis or SQLite round trip

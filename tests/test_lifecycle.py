@@ -18,7 +18,7 @@ def held_polls(url: str, starts: list[dict], channel: str) -> list[gevent.Greenl
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_answers_every_held_request_with_reconnect_then_exits_0(signum):
-    proc = ServerProcess()
+    proc = ServerProcess("--test-hooks")
     try:
         comet = Comet(proc.url)
         comet.notify("bye", "old news")
