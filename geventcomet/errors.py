@@ -67,5 +67,31 @@ class ClientGone(Exception):
     """The client hung up while its request was held; nothing is written back."""
 
 
-class ChannelLimitReached(BackendError):
+class LimitReached(BackendError):
+    """A bound on what clients make the backend hold is reached: answered 503 with its own
+    message (which names the bound and its flag), nothing stored. Not a failure: room
+    comes back as registrations, keys or channels expire."""
+
+
+class ChannelLimitReached(LimitReached):
     """A publish would create a channel beyond ``max_channels_total``: answered 503, nothing stored."""
+
+
+class ClientLimitReached(LimitReached):
+    """A registration of a new client beyond ``max_clients_total`` (a refresh always works)."""
+
+    def __init__(self, limit: int, client_ttl_s: float) -> None:
+        super().__init__(
+            f"too many registered clients: this server holds at most {limit} (--max-clients-total); "
+            f"an idle registration expires after {client_ttl_s:g} s (--client-ttl), retry later")
+
+
+class IdempotencyKeyLimitReached(LimitReached):
+    """A notify with a new Idempotency-Key while ``max_idempotency_keys`` are remembered
+    (a retry of a remembered key still answers its id): nothing stored."""
+
+    def __init__(self, limit: int, idempotency_ttl_s: float) -> None:
+        super().__init__(
+            f"too many Idempotency-Keys remembered: this server keeps at most {limit} "
+            f"(--max-idempotency-keys), each for {idempotency_ttl_s:g} s (--idempotency-ttl); "
+            "retry later, or notify without the header")

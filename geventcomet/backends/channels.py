@@ -7,6 +7,14 @@ out by looking at the old end only, never by scanning every channel.
 Ids are never reused within an epoch (see :mod:`geventcomet.backends`): dropping a
 channel raises ``dropped`` (D) to its last seq; a channel created afterwards starts
 at D + 2, and an absent channel reads as ``last = D + 1``.
+
+The encoded bytes of all kept events stay within ``max_backlog_bytes``: past it, a
+publish trims the oldest events of the least recently published channels (the old
+end of the table) until the backlog fits. The event just published is never trimmed,
+so the budget is passed by at most that one event. A client behind on a trimmed
+channel reads ``first`` beyond its position and is told ``recovered: false``. A channel
+emptied this way moves to the new end (its ``touched`` set to now, keeping the table
+ordered for :meth:`ChannelTable.idle`), so the next trim never walks over it again.
 """
 from __future__ import annotations
 
@@ -78,8 +86,11 @@ class ChannelTable:
                 f"too many channels: this server holds at most {limit} (--max-channels-total); "
                 "idle channels are dropped once their backlog ages out, retry later")
 
-    def store(self, name: str, seq: int, at: float, encoded: bytes) -> None:
-        """Append an event (its seq follows the channel's last) and trim the history."""
+    def store(self, name: str, seq: int, at: float, encoded: bytes) -> dict[str, int]:
+        """Append an event (its seq follows the channel's last) and trim the history.
+
+        Returns the channels trimmed to fit ``max_backlog_bytes``, each with the highest
+        seq it lost (usually none), so a durable backend can delete them too."""
         channels = self._channels
         state = channels.get(name)
         if state is None:
@@ -91,6 +102,7 @@ class ChannelTable:
         self.backlog_events += 1
         self.backlog_bytes += len(encoded)
         self._trim(state, at)
+        return self.fit_budget(at, keep=name) if self.backlog_bytes > self._config.max_backlog_bytes else {}
 
     def load(self, name: str, last_seq: int, history: list[Stored]) -> None:
         """Add a channel read back from disk; call in order of last publish, oldest first."""
@@ -118,6 +130,32 @@ class ChannelTable:
             return ChannelRead([], last, plan.recovered, epoch)
         events = fill_page((h.encoded for h in islice(history, plan.after - first + 1, None)), page)
         return ChannelRead(events, plan.after + len(events), plan.recovered, epoch)
+
+    def fit_budget(self, now: float, keep: str | None = None) -> dict[str, int]:
+        """Trim the oldest events of the least recently published channels until the backlog
+        fits ``max_backlog_bytes``; ``keep``'s last event (the one just published) stays.
+        Returns ``{channel: highest seq trimmed}``."""
+        budget, channels = self._config.max_backlog_bytes, self._channels
+        trimmed: dict[str, int] = {}
+        # Each round trims a channel or moves an empty one behind ``keep``: at most one
+        # round per channel, and the events trimmed were each stored once.
+        for _ in range(len(channels)):
+            if self.backlog_bytes <= budget:
+                break
+            name, state = next(iter(channels.items()))
+            history = state.history
+            floor = 1 if name == keep else 0
+            while len(history) > floor and self.backlog_bytes > budget:
+                stored = history.popleft()
+                self.backlog_bytes -= len(stored.encoded)
+                self.backlog_events -= 1
+                trimmed[name] = stored.seq
+            if name == keep:  # everything before it is empty: nothing more may go
+                break
+            if not history:
+                state.touched = max(state.touched, now)
+                channels.move_to_end(name)
+        return trimmed
 
     def _trim(self, state: Channel, now: float) -> None:
         history, cutoff, backlog = state.history, now - self._config.backlog_age_s, self._config.backlog

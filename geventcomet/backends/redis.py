@@ -29,6 +29,13 @@ Redis holds the truth; pub/sub is only a hint (PITFALLS §2.6).
   its client at most every ``min(client_ttl / 4, 30 s)`` from each process (the
   score covers the gap), and a refresh is queued, not waited for; only a client this
   process has not written within the TTL waits for its write.
+- **Bounds.** That write is the REGISTER script (ZCARD, then ZADD only below
+  ``max_clients_total`` or for a client already held), batched like every other; a
+  refresh is a plain ZADD of a client that is held. A notify with a new
+  Idempotency-Key is refused while ``max_idempotency_keys`` keys are remembered (an
+  exact count: :mod:`.redis_scripts`). Both raise a
+  :class:`~geventcomet.errors.LimitReached` (503). Backlog bytes have no budget of
+  their own here: streams are bounded by count and age, and Redis by its ``maxmemory``.
 - **Polls never queue for a pooled connection of their own.** Every Redis call made
   on behalf of a poll (a read the tail cannot answer, a registration, a lookup) is
   queued to :class:`~.redis_batch.Batcher`: a few greenlets send whatever is queued as one
@@ -61,11 +68,11 @@ from redis.retry import Retry
 
 from .. import protocol
 from ..config import Config
-from ..errors import BackendError
+from ..errors import BackendError, ClientLimitReached, IdempotencyKeyLimitReached
 from . import Backend, ChannelRead, Page, fill_page
-from .redis_batch import PUBLISH_OP, READ_OP, ZADD_OP, ZSCORE_OP, Batcher, PublishBatcher
+from .redis_batch import PUBLISH_OP, READ_OP, REGISTER_OP, ZADD_OP, ZSCORE_OP, Batcher, PublishBatcher
 from .redis_listener import WakeListener
-from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ, SWEEP, epoch_candidate, idempotency_redis_key
+from .redis_scripts import EXPIRE, PREFIX, PUBLISH, READ, REGISTER, SWEEP, epoch_candidate, idempotency_redis_key
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +87,9 @@ POOL_TIMEOUT_S = 5.0
 #: Calls queued by polls are sent by at most this many greenlets at once (fewer than
 #: the read pool's connections, so they never wait for one).
 MAX_FLUSHERS = 4
-#: How many registrations ``expire_idle`` deletes at once.
-EXPIRE_BATCH = 1000
+#: How many registrations one EXPIRE script call deletes, and at most how many calls one
+#: ``expire_idle`` makes: registrations count toward ``max_clients_total`` until deleted.
+EXPIRE_BATCH, EXPIRE_ROUNDS = 1000, 20
 #: Channel names one ``expire_idle`` looks at for an expired stream (HSCAN rounds of
 #: SWEEP_BATCH), so a sweep of the whole hash is spread over several calls.
 SWEEP_BATCH, SWEEP_ROUNDS = 1000, 20
@@ -142,13 +150,15 @@ class RedisBackend(Backend):
             raise ValueError(f"bad Redis URL {self._url!r}: {exc}") from None
         self._publish_script = self._writer.register_script(PUBLISH)
         self._read_script = self._reader.register_script(READ)
+        self._register_script = self._reader.register_script(REGISTER)
         self._expire_script = self._reader.register_script(EXPIRE)
         self._sweep_script = self._reader.register_script(SWEEP)
         self._sweep_cursor = 0
         self._problem: str | None = None  # the last Redis failure, until a call succeeds
         flushers = max(1, min(MAX_FLUSHERS, POOL_CONNECTIONS - 1))
-        self._batcher = Batcher(self._reader, READ, self._read_script.sha, flushers)
-        self._publisher = PublishBatcher(self._writer, PUBLISH, self._publish_script.sha, flushers)
+        self._batcher = Batcher(self._reader, (self._read_script, self._register_script), flushers,
+                                config.max_clients_total)
+        self._publisher = PublishBatcher(self._writer, (self._publish_script,), flushers)
         self._origin = secrets.token_hex(4)
         self._age_ms = self._batcher.age_ms = max(int(config.backlog_age_s * 1000), 1)
         self._tail_events = min(TAIL_EVENTS, config.backlog)
@@ -188,10 +198,12 @@ class RedisBackend(Backend):
         idem = idempotency_redis_key(channel, idempotency_key) if idempotency_key is not None else PREFIX + "epoch"
         try:
             epoch, seq, duplicate = self._publisher.call(PUBLISH_OP, (
-                (PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem, PREFIX + "dropped"),
+                (PREFIX + "epoch", PREFIX + "seq", PREFIX + "s:" + channel, idem, PREFIX + "dropped",
+                 PREFIX + "ikeys"),
                 (channel, prefix, suffix, epoch_candidate(), self._config.backlog, self._age_ms,
                  int(self._config.idempotency_ttl_s * 1000), self._origin,
-                 "1" if idempotency_key is not None else "0", PREFIX + "wake")))
+                 "1" if idempotency_key is not None else "0", PREFIX + "wake",
+                 self._config.max_idempotency_keys)))
         except redis.RedisError as exc:
             self._problem = f"Redis did not acknowledge a publish: {exc}"
             raise BackendError(f"Redis did not acknowledge the publish: {exc}") from None
@@ -199,6 +211,8 @@ class RedisBackend(Backend):
         epoch = epoch.decode()
         if epoch != self.epoch:
             self._new_epoch(epoch)
+        if duplicate == 2:  # a new key while max_idempotency_keys are remembered: nothing stored
+            raise IdempotencyKeyLimitReached(self._config.max_idempotency_keys, self._config.idempotency_ttl_s)
         if not duplicate:
             self._apply(channel, seq, prefix + str(seq).encode() + suffix, own=True)
         return seq
@@ -317,11 +331,13 @@ class RedisBackend(Backend):
             self._batcher.send(ZADD_OP, (client, score))
             return
         try:  # new here: wait, so a notify to it through any process finds it
-            reply = self._batcher.call(ZADD_OP, (client, score))
+            reply = self._batcher.call(REGISTER_OP, (client, score))
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not store the registration: {exc}") from None
         if isinstance(reply, Exception):
             raise BackendError(f"Redis did not store the registration: {reply}")
+        if not reply:  # new to Redis too, and gc:clients is full
+            raise ClientLimitReached(self._config.max_clients_total, self._config.client_ttl_s)
         self._refreshed[client] = now
 
     def is_registered(self, client: str) -> bool:
@@ -335,9 +351,13 @@ class RedisBackend(Backend):
 
     def expire_idle(self) -> list[str]:
         try:
-            gone = [c.decode() for c in self._expire_script(
-                keys=[PREFIX + "clients", PREFIX + "seq", PREFIX + "dropped"],
-                args=[self._clock(), PREFIX + "s:", EXPIRE_BATCH])]
+            gone: list[str] = []
+            for _ in range(EXPIRE_ROUNDS):
+                batch = self._expire_script(keys=[PREFIX + "clients", PREFIX + "seq", PREFIX + "dropped"],
+                                            args=[self._clock(), PREFIX + "s:", EXPIRE_BATCH])
+                gone += [c.decode() for c in batch]
+                if len(batch) < EXPIRE_BATCH:
+                    break
             swept = self._sweep_idle_channels()
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not expire registrations: {exc}") from None
@@ -378,10 +398,12 @@ class RedisBackend(Backend):
             with self._reader.pipeline(transaction=False) as pipe:
                 pipe.zcount(PREFIX + "clients", self._clock(), "+inf")
                 pipe.hlen(PREFIX + "seq")
-                clients, channels = pipe.execute()
+                # gc:ikeys is scored on Redis's clock; ours is close enough for a count
+                pipe.zcount(PREFIX + "ikeys", int(time.time() * 1000), "+inf")
+                clients, channels, keys = pipe.execute()
         except redis.RedisError as exc:
             raise BackendError(f"Redis did not answer: {exc}") from None
-        return {"clients": clients, "channels": channels}
+        return {"clients": clients, "channels": channels, "idempotency_keys": keys}
 
     def channel_names(self, limit: int) -> list[str]:
         names = []

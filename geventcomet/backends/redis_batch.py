@@ -14,6 +14,7 @@ from typing import Any
 import gevent
 import redis
 from gevent.hub import Waiter
+from redis.commands.core import Script
 
 from .redis_scripts import PREFIX, epoch_candidate
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 #: At most this many calls go into one pipeline.
 BATCH = 1000
 
-READ_OP, ZADD_OP, ZSCORE_OP, PUBLISH_OP = 0, 1, 2, 3
+READ_OP, ZADD_OP, ZSCORE_OP, PUBLISH_OP, REGISTER_OP = 0, 1, 2, 3, 4
 
 
 class Batcher:
@@ -31,15 +32,18 @@ class Batcher:
     A caller queues ``(op, arg)`` and waits on its own :class:`Waiter` (or, for
     ``send``, does not wait). Up to ``flushers`` greenlets each take up to BATCH
     queued calls and send them as one pipeline: reads of the same channel from the
-    same position become one script call, and every registration one ``ZADD``.
+    same position become one script call, every refresh one ``ZADD``, and every new
+    registration one call of the bounded REGISTER script (answering 1 or 0 per client).
     Thousands of polls arriving together therefore cost a few round trips on at most
     ``flushers`` pooled connections, instead of each waiting for a connection.
+    ``scripts`` are (read, register); ``max_clients`` is the registrations' bound.
     """
 
-    def __init__(self, client: redis.Redis, script: str, sha: str, flushers: int) -> None:
+    def __init__(self, client: redis.Redis, scripts: tuple[Script, ...], flushers: int,
+                 max_clients: int = 0) -> None:
         self._client = client
-        self._script = script
-        self._sha = sha
+        self._scripts = scripts
+        self.max_clients = max_clients
         self._max_flushers = flushers
         self._flushers = 0
         self._pending: deque = deque()
@@ -80,18 +84,22 @@ class Batcher:
 
     def _run(self, batch: list) -> list:
         reads: dict = {}  # (channel, since, epoch, page) -> index in the pipeline
-        plan = []  # per batch item: its index in the pipeline's replies
+        plan: list[tuple[int, int]] = []  # per item: its reply's index, and its place in that reply or -1
         scores: dict[str, float] = {}
-        zadd_at = -1
+        new: dict[str, float] = {}  # clients to register within the bound, in reply order
+        places: dict[str, int] = {}  # each of them -> its place in the script's reply
+        zadd_at = register_at = -1
         commands: list[Any] = []  # Redis commands; a None slot is filled in below
         candidate = epoch_candidate()
+        read_sha, register_sha = (script.sha for script in self._scripts)
         for op, arg, _ in batch:
+            place = -1
             if op == READ_OP:
                 index = reads.get(arg)
                 if index is None:
                     channel, since, epoch, page = arg
                     index = reads[arg] = len(commands)
-                    commands.append(("EVALSHA", self._sha, 4, PREFIX + "epoch", PREFIX + "seq",
+                    commands.append(("EVALSHA", read_sha, 4, PREFIX + "epoch", PREFIX + "seq",
                                      PREFIX + "s:" + channel, PREFIX + "dropped", channel,
                                      "" if since is None else since, epoch or "", candidate, self.age_ms,
                                      page.events, page.size, "1" if page.first_free else "0"))
@@ -102,15 +110,27 @@ class Batcher:
                     zadd_at = len(commands)
                     commands.append(None)  # filled in below, with every registration of the batch
                 index = zadd_at
+            elif op == REGISTER_OP:
+                client, score = arg
+                place = places.setdefault(client, len(places))
+                new[client] = score  # a dict keeps a key's first place: the reply's order
+                if register_at < 0:
+                    register_at = len(commands)
+                    commands.append(None)
+                index = register_at
             else:
                 index = len(commands)
                 commands.append(("ZSCORE", PREFIX + "clients", arg))
-            plan.append(index)
+            plan.append((index, place))
         if zadd_at >= 0:
             flat = [x for client, score in scores.items() for x in (score, client)]
             commands[zadd_at] = ("ZADD", PREFIX + "clients", *flat)
+        if register_at >= 0:
+            flat = [x for client, score in new.items() for x in (score, client)]
+            commands[register_at] = ("EVALSHA", register_sha, 1, PREFIX + "clients", self.max_clients, *flat)
         replies = self._execute(commands)
-        return [replies[i] for i in plan]
+        return [replies[i] if place < 0 or isinstance(replies[i], Exception) else replies[i][place]
+                for i, place in plan]
 
     def _execute(self, commands: list) -> list:
         for attempt in (0, 1):
@@ -119,7 +139,8 @@ class Batcher:
                     pipe.execute_command(*command)
                 replies = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self._client.script_load(self._script)  # Redis restarted or flushed its scripts
+                for script in self._scripts:  # Redis restarted or flushed its scripts
+                    self._client.script_load(script.script)
                 continue
             break
         for reply in replies:
@@ -133,11 +154,12 @@ class PublishBatcher(Batcher):
 
     Concurrent notifies share one round trip. A batch that fails on the connection
     fails every publish in it (each notify answers 503; its Idempotency-Key makes
-    the retry safe), as a single publish would.
+    the retry safe), as a single publish would. ``scripts`` is (publish,).
     """
 
     def _run(self, batch: list) -> list:
-        return self._execute([("EVALSHA", self._sha, len(keys), *keys, *args) for _, (keys, args), _ in batch])
+        sha = self._scripts[0].sha
+        return self._execute([("EVALSHA", sha, len(keys), *keys, *args) for _, (keys, args), _ in batch])
 
 
 def _deliver(batch: list, results: list) -> None:

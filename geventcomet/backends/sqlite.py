@@ -34,6 +34,10 @@ applied to memory, woken, and acknowledged: a notify answered 2xx is on disk.
 - **One process per file.** Wake-ups do not cross processes, so a second server
   on the same file is refused (an exclusive ``flock`` on ``PATH.lock``). Use
   Redis for several workers.
+- **Bounds** are the memory backend's (``max_clients_total``, ``max_idempotency_keys``
+  counting keys still committing, ``max_backlog_bytes``). Events trimmed to fit the
+  backlog budget are deleted from the file in a later transaction (nobody waits for it);
+  if that delete fails they are trimmed again when the file is loaded.
 - **Registrations** never make a poll wait for the disk (another process may hold
   the lock): a new one is committed at once in the background, a refresh (every
   poll) rides on the next commit, at least once a second. So ``kill -9`` may lose
@@ -96,6 +100,7 @@ class SQLiteBackend(MemoryBackend):
             self._release()
             raise
         self._committer = self._spawn_committer()
+        self._delete_trimmed(self._channels.fit_budget(self._clock()))  # the budget may be lower now
 
     def _take_file_lock(self) -> int:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -200,9 +205,10 @@ class SQLiteBackend(MemoryBackend):
     def _apply(self, ops: list) -> None:
         """Committed: make the changes visible, wake, and acknowledge, in commit order."""
         touched: dict[str, None] = {}
+        trimmed: dict[str, int] = {}
         for op in ops:
             if isinstance(op, PublishOp):
-                self._store(op.channel, op.seq, op.at, op.encoded, op.key)
+                trimmed.update(self._store(op.channel, op.seq, op.at, op.encoded, op.key))
                 if op.key is not None:
                     self._pending_keys.pop((op.channel, op.key), None)
                 touched[op.channel] = None
@@ -213,6 +219,15 @@ class SQLiteBackend(MemoryBackend):
             self._wake(channel)
         for op in ops:
             op.done.set(op.seq if isinstance(op, PublishOp) else None)
+        self._delete_trimmed(trimmed)
+
+    def _delete_trimmed(self, trimmed: dict[str, int]) -> None:
+        """Delete from the file, with the next commit, the events the backlog budget trimmed
+        from memory; nobody waits for it (a failure is logged and the next load trims again)."""
+        if trimmed:
+            self._queue.append(SqlOp([("DELETE FROM events WHERE channel = ? AND seq <= ?",
+                                       list(trimmed.items()))]))
+            self._kick.set()
 
     def _submit(self, op):
         if self._closing:
@@ -238,6 +253,7 @@ class SQLiteBackend(MemoryBackend):
             if queued is not None:
                 return queued.done.get()  # the same notify, retried while the first is committing
         self._channels.check_room(channel)
+        self._check_key_room(idempotency_key, len(self._pending_keys))
         op = PublishOp(channel, data_json, idempotency_key, now)
         if idempotency_key is not None:
             self._pending_keys[(channel, idempotency_key)] = op
@@ -246,6 +262,7 @@ class SQLiteBackend(MemoryBackend):
     def register(self, client: str) -> None:
         # Never waits for the disk: a poll must not stall behind another process's
         # lock. The registration is written with the next commit, within a second.
+        self._check_client_room(client)
         now = self._clock()
         new = client not in self._clients
         self._clients[client] = now
