@@ -167,13 +167,15 @@ def test_every_kind_of_json_reply_parses_strictly_in_python_and_node(server):
 
     bodies.append(post_raw(server.url, json.dumps({"channel": "k", "data": {"x": "\u00e9\U0001F600"}}).encode()).content)
     bodies.append(post_raw(server.url, b"channel=k&data=%E2%80%A8", "application/x-www-form-urlencoded").content)
+    for body, _ in BAD_JSON:  # first, so that a poll would serve whatever of them got stored
+        bodies.append(post_raw(server.url, body).content)
+    bodies.append(post_raw(server.url, b'{"channel":"k","data":' + b"[" * 900 + b"]" * 900 + b"}").content)
     get("/register", channel="k", since=0, timeout=0)  # events
+    get("/register", channel="s", since=0, timeout=0)
     get("/register", channel="k", timeout=0)  # a timeout
     get("/register", channel="k", since="zz99~k~5", timeout=0)  # another epoch: recovered false
     get("/stats")
     get("/")
-    for body, _ in BAD_JSON:
-        bodies.append(post_raw(server.url, body).content)
     for query in ("channel=a&since=%C2%B2", "channel=%ED%A0%80", "channel=" + "x" * 300, "client=%00",
                   "channel=a&timeout=nan", "channel=a&timeout=%FF"):
         bodies.append(requests.get(server.url + "/register?" + query, timeout=10).content)
