@@ -52,6 +52,10 @@ class Config:
                                               "with a new key beyond)")
     max_backlog_bytes: int = _opt(512 * 1024 * 1024, "most bytes of kept events over all channels of the "
                                                      "memory and sqlite backends (oldest trimmed beyond)")
+    max_connections: int = _opt(0, "most open client connections (a new one beyond gets 503 and is "
+                                   "closed); 0 = open-file limit - 100")
+    max_connections_per_ip: int = _opt(0, "most open connections from one client address (503 beyond); "
+                                          "0 = no limit (behind a proxy every client has its address)")
     max_waiting: int = _opt(0, "most requests held at once (503 beyond); 0 = open-file limit - 300")
     worker_stall_timeout_s: float = _opt(10.0, "with --workers: a worker whose event loop has not "
                                                 "answered for this long is killed and replaced")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
 import logging
 import resource
 import signal
+import socket
 import time
 
 import gevent
@@ -21,6 +23,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
+from . import misbehaviour
 from .app import CometApp, Stats, make_app
 from .config import Config
 from .errors import BackendError
@@ -39,6 +42,18 @@ GC_THRESHOLDS = (100_000, 20, 10)
 ACCEPT_PAUSE_S, ACCEPT_PAUSE_CAP_S = 0.05, 1.0
 #: At most one "out of open files" warning in this many seconds.
 FD_WARNING_INTERVAL_S = 10.0
+#: A refused connection is read (and discarded) for at most this long and this much before
+#: it is closed, so that the refusal reaches the client instead of a reset.
+REFUSAL_LINGER_S, REFUSAL_DRAIN_BYTES = 1.0, 16 * 1024
+#: Open files kept back from client connections (listener, backend, logs, the refusal itself);
+#: a quarter of the limit when that is less.
+CONNECTION_FD_RESERVE = 100
+
+
+def _refusal(message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 class CometServer(WSGIServer):
@@ -62,12 +77,61 @@ class CometServer(WSGIServer):
         self.app = app
         app.stats_sources.append(self.connection_stats)
         self._accept_pause = 0.0
+        self._per_host: dict[str | None, int] = {}  # client address -> open connections
+        #: A new connection beyond this many open ones is refused at once (503).
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_connections = config.max_connections or max(files - min(CONNECTION_FD_RESERVE, files // 4), 1)
         self._accept_timer = None
         self._fd_warned_at = -FD_WARNING_INTERVAL_S
 
+    def handle(self, sock, address) -> None:
+        """Serve one accepted connection, unless a connection bound says to refuse it at once.
+
+        Every connection costs a socket and a greenlet for as long as it is open, whatever it
+        sends (a slowloris holds one for the whole head deadline), so each counts here.
+        """
+        host = address[0] if isinstance(address, tuple) else None
+        per_host = self._per_host
+        if self.connections >= self.max_connections:
+            return self._refuse(sock, "too-many-connections",
+                                f"server is at capacity ({self.max_connections} connections); retry later")
+        if self.limits.max_connections_per_ip and per_host.get(host, 0) >= self.limits.max_connections_per_ip:
+            return self._refuse(sock, "too-many-connections-per-ip",
+                                f"too many connections from your address "
+                                f"({self.limits.max_connections_per_ip}, --max-connections-per-ip)")
+        per_host[host] = per_host.get(host, 0) + 1
+        try:
+            super().handle(sock, address)
+        finally:
+            left = per_host[host] - 1
+            if left:
+                per_host[host] = left
+            else:
+                del per_host[host]
+
+    def _refuse(self, sock, kind: str, message: str) -> None:
+        # A lingering close, bounded: closing with the client's request unread would send
+        # a reset, which can destroy the reply before the client reads it.
+        misbehaviour.note(kind)
+        try:
+            sock.send(_refusal(message))  # one try: a client this early has room for it
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(REFUSAL_LINGER_S)
+            drained = 0
+            while drained < REFUSAL_DRAIN_BYTES:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:  # includes the timeout: the client is slow to go, close anyway
+            pass
+        finally:
+            sock.close()
+
     def connection_stats(self) -> dict:
         """``connections`` open and ``reading_requests`` mid-head or mid-body, for /stats."""
-        return {"connections": self.connections, "reading_requests": self.reading_requests}
+        return {"connections": self.connections, "reading_requests": self.reading_requests,
+                "max_connections": self.max_connections}
 
     def do_read(self):
         try:

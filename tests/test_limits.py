@@ -107,3 +107,47 @@ def test_readiness_turns_503_while_the_server_drains(start_server):
         assert reply.status_code == 503 and "draining" in reply.json()["reason"]
     finally:
         server.hub.closing = False
+
+
+def park_polls(server, count: int) -> list:
+    """``count`` raw connections, each holding a poll."""
+    socks = []
+    for i in range(count):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET /register?channel=held&timeout=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(sock)
+    server.wait_waiting(count)
+    return socks
+
+
+def refused_at_once(server) -> dict:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), head
+    assert b"Retry-After: 1" in head
+    return json.loads(body)
+
+
+def test_connections_past_max_connections_are_refused_at_once(start_server):
+    server = start_server(max_connections=3)
+    socks = park_polls(server, 3)
+    try:
+        assert "3 connections" in refused_at_once(server)["error"]
+        assert server.server.connection_stats()["connections"] == 3
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_connections_past_the_per_address_bound_are_refused(start_server):
+    server = start_server(max_connections_per_ip=2)
+    socks = park_polls(server, 2)
+    try:
+        assert "--max-connections-per-ip" in refused_at_once(server)["error"]
+    finally:
+        for sock in socks:
+            sock.close()
