@@ -14,6 +14,7 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 from .config import ENV_PREFIX, Config, parse_value  # noqa: E402
+from .security import mask_credentials  # noqa: E402
 
 log = logging.getLogger("geventcomet")
 
@@ -39,6 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class MaskingFormatter(logging.Formatter):
+    """Masks credentials inside any URL of a log line, tracebacks included: a backend's
+    error that quotes its ``redis://:PASSWORD@..`` URL must not put it in the log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_credentials(super().format(record))
+
+
+def configure_logging(level: str) -> None:
+    """The process's log: stderr, one line per record, URL credentials masked."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(MaskingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -47,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as exc:
         print(f"geventcomet: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level)
     log.info("configuration: %s", config.describe())
     if args.get("notify_token"):
         log.warning("the notify token was given on the command line, where ps shows it to every user "

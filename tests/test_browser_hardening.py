@@ -43,8 +43,11 @@ SUBSCRIBE = """(transport) => {
   Math.random = () => 0.5;
   window.states = []; window.events = []; window.errors = [];
   window.probe = new GeventComet.Client({url: ''}).subscribe(['r'], {transport, minDelay: 100, maxDelay: 400,
-    onState: (state, info) => { if (state === 'reconnecting') states.push({delay: info.delay, attempt: info.attempt,
-      reason: info.reason, status: info.error && info.error.status, unusable: !!(info.error && info.error.unusable)}); },
+    onState: (state, info) => {
+      if (state !== 'reconnecting') return;
+      states.push({delay: info.delay, attempt: info.attempt, reason: info.reason,
+                   status: info.error && info.error.status, unusable: !!(info.error && info.error.unusable)});
+    },
     onEvent: (e) => events.push(e),
     onError: (err) => errors.push(err.message)});
   return true;

@@ -165,7 +165,8 @@ def test_every_kind_of_json_reply_parses_strictly_in_python_and_node(server):
         assert reply.headers["Content-Type"].startswith("application/json"), path
         bodies.append(reply.content)
 
-    bodies.append(post_raw(server.url, json.dumps({"channel": "k", "data": {"x": "\u00e9\U0001F600"}}).encode()).content)
+    unicode = json.dumps({"channel": "k", "data": {"x": "\u00e9\U0001F600"}}, ensure_ascii=False).encode()
+    bodies.append(post_raw(server.url, unicode).content)
     bodies.append(post_raw(server.url, b"channel=k&data=%E2%80%A8", "application/x-www-form-urlencoded").content)
     for body, _ in BAD_JSON:  # first, so that a poll would serve whatever of them got stored
         bodies.append(post_raw(server.url, body).content)

@@ -75,6 +75,13 @@ def test_a_wrong_redis_password_fails_start_up_without_showing_it(redis_server):
         server.stop()
 
 
+def test_any_log_line_quoting_a_url_masks_its_password():
+    # The backend's own error quotes the URL it could not use; the log formatter masks it.
+    out = run_cli("--backend", f"rediss://:{PASSWORD}@127.0.0.1:1/0")
+    assert out.returncode != 0 and "unknown backend" in out.stderr and "rediss://:***@127.0.0.1:1/0" in out.stderr
+    assert PASSWORD not in out.stderr
+
+
 def test_the_token_file_protects_notify_and_stays_out_of_the_log(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\nsecond line ignored\n")
