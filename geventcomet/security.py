@@ -29,8 +29,10 @@ from .errors import CometError
 
 NOSNIFF: tuple[tuple[str, str], ...] = (("X-Content-Type-Options", "nosniff"),)
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
-# host (a reg-name or IPv4, or a bracketed IPv6 literal) and an optional port, nothing else.
-_AUTHORITY_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]+)(?::([0-9]{1,5}))?\Z")
+# host (a DNS name or IPv4, or a bracketed IPv6 literal) and an optional port, nothing else:
+# none of the sub-delimiters RFC 3986 allows in a reg-name (a "," would let "evil,a.example.org"
+# pass a ".example.org" rule), and browsers send host names in ASCII (punycode) only.
+_AUTHORITY_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?\Z")
 _ORIGIN_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)\Z", re.DOTALL)
 _INLINE_RE = re.compile(r"<(script|style)(\s[^>]*)?>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 

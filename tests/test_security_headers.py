@@ -131,7 +131,8 @@ def test_dns_rebinding_is_stopped_by_allowed_hosts(start_server):
         status, _, body = raw_request(port, f"GET /register?channel=r&timeout=0 HTTP/1.1\nHost: {host}\n"
                                             "Connection: close\n")
         assert status == 200, (host, body)
-    for host in ("example.org.evil.example", "notexample.org", "localhost.evil.example", "[::2]"):
+    for host in ("example.org.evil.example", "notexample.org", "localhost.evil.example", "[::2]",
+                 "evil.example,a.example.org", "evil.example a.example.org", "localhost:80:80", "localhost%00"):
         status, _, _ = raw_request(port, f"GET /stats HTTP/1.1\nHost: {host}\nConnection: close\n")
         assert status == 421, host
 
