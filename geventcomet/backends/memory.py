@@ -22,8 +22,9 @@ with a message naming the bound; nothing already stored is touched):
   ``max_backlog_bytes`` (see :mod:`.channels`: the oldest events of the least recently
   published channels go first, and their readers are told ``recovered: false``).
 
-Measured (CPython 3.11, tracemalloc, ``python3 -m geventcomet.backends.memory``):
-about 160 bytes per registration and 300 bytes per idempotency key (short ids).
+Measured (CPython 3.11, tracemalloc, 100,000 of each, strings included): a registration
+with the app's 16-character id holds about 180 bytes, an Idempotency-Key of 32
+characters about 360 bytes; so the defaults (500,000 each) allow about 90 MB and 180 MB.
 """
 from __future__ import annotations
 
