@@ -1,7 +1,7 @@
 """The ``geventcomet`` command: ``geventcomet serve [--flags]``.
 
 This is the only module that monkey-patches (first, before anything imports
-sockets) and the only one that configures logging.
+sockets); logging is configured by :func:`geventcomet.logs.configure_logging`.
 """
 from gevent import monkey
 
@@ -14,7 +14,7 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 from .config import ENV_PREFIX, Config, parse_value  # noqa: E402
-from .security import mask_credentials  # noqa: E402
+from .logs import configure_logging  # noqa: E402
 
 log = logging.getLogger("geventcomet")
 
@@ -38,21 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
                                type=functools.partial(parse_value, f),
                                help=f"{f.metadata['help']} (default {f.default!r}) [{env}]")
     return parser
-
-
-class MaskingFormatter(logging.Formatter):
-    """Masks credentials inside any URL of a log line, tracebacks included: a backend's
-    error that quotes its ``redis://:PASSWORD@..`` URL must not put it in the log."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return mask_credentials(super().format(record))
-
-
-def configure_logging(level: str) -> None:
-    """The process's log: stderr, one line per record, URL credentials masked."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(MaskingFormatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:

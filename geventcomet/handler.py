@@ -56,7 +56,7 @@ def error_reply(status: int, message: str) -> bytes:
     """A whole ``Connection: close`` reply with a JSON ``{"error": message}``."""
     body = json.dumps({"error": message}).encode()
     return (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 RESPONSE_408 = error_reply(408, "request headers did not arrive in time")

@@ -53,6 +53,7 @@ CONNECTION_FD_RESERVE = 100
 def _refusal(message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
     return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            b"X-Content-Type-Options: nosniff\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 

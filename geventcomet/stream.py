@@ -36,7 +36,7 @@ import secrets
 from typing import Iterable, Iterator
 from urllib.parse import parse_qsl
 
-from . import protocol
+from . import protocol, security
 from .errors import BackendError, ClientGone, CometError, Unavailable
 from .longpoll import PollResult, hold
 
@@ -170,7 +170,7 @@ class StreamEndpoint:
         first = app._call_backend(hold, app.hub, app.backend, channels, positions, cursor.epoch, 0, None)
         start_response = environ["geventcomet.start_response"]
         start_response("200 OK", [("Content-Type", CONTENT_TYPE), *_BATCH_HEADERS,
-                                  *app._cors_headers(environ), *app.extra_headers])
+                                  *app._cors_headers(environ), *app.extra_headers, *security.NOSNIFF])
         if environ["REQUEST_METHOD"] == "HEAD":
             return [b""]
         sock = environ.get("geventcomet.socket") or environ.get("gunicorn.socket")

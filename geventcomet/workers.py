@@ -57,6 +57,7 @@ from gevent.event import Event
 from gevent.socket import wait_read
 
 from .config import Config
+from .logs import configure_logging
 
 log = logging.getLogger("geventcomet.workers")
 
@@ -323,8 +324,7 @@ def worker_main() -> None:
     from .server import LISTEN_BACKLOG, serve
 
     config = Config(**json.loads(os.environ[WORKER_ENV]))
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level)
     try:
         listener = reuseport_socket(config.host, config.port)
         listener.listen(LISTEN_BACKLOG)

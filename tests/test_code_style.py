@@ -8,7 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Kept strictly typed, as h11 keeps its core (STYLE.md §5): no I/O, no gevent magic.
-STRICT_MODULES = ["geventcomet/protocol.py", "geventcomet/hub.py", "geventcomet/errors.py"]
+STRICT_MODULES = ["geventcomet/protocol.py", "geventcomet/hub.py", "geventcomet/errors.py",
+                  "geventcomet/strictjson.py", "geventcomet/security.py", "geventcomet/http_rules.py",
+                  "geventcomet/misbehaviour.py"]
 
 
 def run(*command: str) -> subprocess.CompletedProcess:

@@ -23,6 +23,7 @@ import importlib
 from typing import Callable, Iterable, NamedTuple
 
 from ..config import Config
+from ..security import mask_credentials
 
 
 class ChannelRead(NamedTuple):
@@ -162,7 +163,8 @@ def open_backend(config: Config) -> Backend:
     """Build the backend named by ``config.backend`` (``memory``, ``sqlite:///..``, ``redis://..``)."""
     scheme = config.backend.split(":", 1)[0].lower()
     if scheme not in BACKENDS:
-        raise ValueError(f"unknown backend {config.backend!r}: use memory, sqlite:///PATH or redis://HOST:PORT/DB")
+        raise ValueError(f"unknown backend {mask_credentials(config.backend)!r}: "
+                         "use memory, sqlite:///PATH or redis://HOST:PORT/DB")
     module_name, class_name = BACKENDS[scheme].split(":")
     try:
         module = importlib.import_module(module_name)
