@@ -32,10 +32,10 @@ from .backends import Backend, open_backend
 from .config import FD_RESERVE, Config
 from .errors import (
     BackendError,
-    ChannelLimitReached,
     ClientGone,
     CometError,
     Forbidden,
+    LimitReached,
     MethodNotAllowed,
     NotFound,
     Unauthorized,
@@ -51,8 +51,8 @@ JSON = "application/json"
 STATUS_TEXT = {200: "200 OK"}  # filled in by status_line()
 _CORS_ALLOW_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
 MAX_IDEMPOTENCY_KEY_CHARS = 200
-#: Retry-After of a notify refused because the channel bound is reached.
-CHANNEL_LIMIT_RETRY_S = 10
+#: Retry-After of a request refused by a bound of the backend (channels, clients, keys).
+LIMIT_RETRY_S = 10
 #: ``/stats?waiting=N`` requests (a test hook) held at once; more get 503.
 MAX_STATS_WAITS = 8
 
@@ -347,8 +347,8 @@ class CometApp:
     def _call_backend(self, method, *args):
         try:
             return method(*args)
-        except ChannelLimitReached as exc:  # not a failure: a bound, freed as idle channels age out
-            raise Unavailable(str(exc), retry_after_s=CHANNEL_LIMIT_RETRY_S) from None
+        except LimitReached as exc:  # not a failure: a bound, freed as state ages out
+            raise Unavailable(str(exc), retry_after_s=LIMIT_RETRY_S) from None
         except BackendError as exc:
             raise Unavailable(f"backend unavailable: {exc}") from None
 
