@@ -11,6 +11,7 @@ It starts a fresh ``geventcomet serve`` (its own process), then two processes of
   carries its publish time; a client notes the latency at arrival and every id it got;
 - the **attackers** (``--role attack``): at most ``--attackers`` connections at once,
   cycling through the attacks below until the duration ends.
+A channel with a 12 MB backlog is made first, for the clients that never read.
 
 It prints (and ``--json`` writes) normal clients' latency p50/p99 before, during and
 after the attack, lost and duplicated events (must be 0 lost), gaps reported, the
@@ -171,13 +172,18 @@ def _open(port: int) -> socket.socket:
 
 
 def _hold(sock: socket.socket, seconds: float) -> None:
-    """Keep a connection open without reading, until the server closes it or time passes."""
+    """Read (and drop) what the server sends until it closes, or ``seconds`` pass."""
     sock.settimeout(seconds)
     try:
-        while sock.recv(1, socket.MSG_PEEK):
-            gevent.sleep(min(seconds, 1.0))  # deliberately not reading: a client that never reads
+        while sock.recv(65536):
+            pass
     except OSError:
         pass
+
+
+def _never_read(sock: socket.socket, seconds: float) -> None:
+    """Stay connected for ``seconds`` without reading a byte: the server must drop us itself."""
+    gevent.sleep(seconds)  # the attack is to do nothing; its length is the attack's, not a sync
 
 
 def attack_slowloris(port: int) -> None:
@@ -228,14 +234,14 @@ def attack_big_backlog_never_read(port: int) -> None:
     with _open(port) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(f"GET /register?channel={BIG_CHANNEL}&since=0 HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        _hold(sock, 60)
+        _never_read(sock, 30)
 
 
 def attack_stream_never_read(port: int) -> None:
     with _open(port) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(f"GET /stream?channel={BIG_CHANNEL}&since=0 HTTP/1.1\r\nHost: a\r\n\r\n".encode())
-        _hold(sock, 60)
+        _never_read(sock, 30)
 
 
 def _post(port: int, body: bytes) -> None:
@@ -322,8 +328,8 @@ def main() -> None:
     try:
         port = int(server.url.rsplit(":", 1)[1])
         filler = Conn(port)
-        for _ in range(64):  # a big backlog for the non-reading attackers: 64 x 32 KiB
-            filler.request("POST", "/notify", json.dumps({"channel": BIG_CHANNEL, "data": "x" * 32768}).encode())
+        for _ in range(200):  # a big backlog for the non-reading attackers: 12 MB, more than socket buffers
+            filler.request("POST", "/notify", json.dumps({"channel": BIG_CHANNEL, "data": "x" * 60_000}).encode())
         filler.close()
         numbers = {"idle": server_numbers(server)}
         total = args.calm * 2 + args.duration

@@ -24,14 +24,8 @@ position.
   worker that does not start ends the restart and the old one keeps serving. (The
   original ASP.NET design lost every registration when IIS recycled its worker
   process; here recycling is a signal.)
-- A worker whose event loop stops answering is replaced. Each worker writes a byte
-  to a pipe every :data:`HEARTBEAT_INTERVAL_S` from a greenlet, so the byte comes only
-  while its loop turns; the supervisor reads every pipe and kills (SIGKILL) a worker
-  silent for ``--worker-stall-timeout``, and its keeper starts a replacement. A worker
-  that is stopped (SIGSTOP) or stuck in a loop otherwise keeps receiving its share of new
-  connections: SO_REUSEPORT does not know it is stuck, and its held clients get nothing.
-  The timeout must be longer than the longest fan-out (one loop turn wakes every
-  waiter of a channel: 100,000 took 3-4 s here).
+- A worker whose event loop stops answering for ``--worker-stall-timeout`` is killed
+  and replaced (:mod:`geventcomet.heartbeat`).
 - A worker whose parent disappears stops too (its heartbeat write fails, or its
   parent pid changes).
 - Every response carries ``X-Geventcomet-Worker: PID``, to see the spreading.
@@ -54,8 +48,8 @@ import time
 
 import gevent
 from gevent.event import Event
-from gevent.socket import wait_read
 
+from . import heartbeat
 from .config import Config
 from .logs import configure_logging
 
@@ -71,10 +65,6 @@ RESTART_PAUSE_CAP_S = 5.0
 STOP_TIMEOUT_S = 10.0
 #: How long all workers get to start listening.
 START_TIMEOUT_S = 30.0
-#: A worker writes a heartbeat byte this often (seconds).
-HEARTBEAT_INTERVAL_S = 0.5
-#: Environment variable naming the heartbeat pipe's write end in a worker.
-HEARTBEAT_ENV = "GEVENTCOMET_HEARTBEAT_FD"
 _WORKER_CMD = ("from gevent import monkey; monkey.patch_all(); "
                "from geventcomet.workers import worker_main; worker_main()")
 
@@ -181,7 +171,7 @@ class Supervisor:
         beat_read, beat_write = os.pipe()
         try:
             proc = subprocess.Popen([sys.executable, "-c", _WORKER_CMD],
-                                    env={**self._env, HEARTBEAT_ENV: str(beat_write)}, pass_fds=(beat_write,),
+                                    env={**self._env, heartbeat.ENV: str(beat_write)}, pass_fds=(beat_write,),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         except BaseException:
             os.close(beat_read)
@@ -189,38 +179,8 @@ class Supervisor:
         finally:
             os.close(beat_write)
         self._relays[proc.pid] = gevent.spawn(self._relay, proc, ready)
-        gevent.spawn(self._watch_heartbeat, proc, beat_read, ready)
+        gevent.spawn(heartbeat.watch, proc, beat_read, ready, self.config.worker_stall_timeout_s, START_TIMEOUT_S)
         return proc
-
-    def _watch_heartbeat(self, proc: subprocess.Popen, beat_read: int, ready: Event) -> None:
-        """Kill ``proc`` if its heartbeat stops for ``worker_stall_timeout_s`` (its keeper replaces it)."""
-        stall_s = self.config.worker_stall_timeout_s
-        os.set_blocking(beat_read, False)
-        last_beat = time.monotonic()
-        try:
-            while True:
-                # Until it listens, a worker may be importing or connecting: the start-up bound applies.
-                silent_s = time.monotonic() - last_beat
-                limit_s = stall_s if ready.is_set() else START_TIMEOUT_S
-                if silent_s >= limit_s:
-                    if proc.poll() is None:
-                        log.warning("worker pid %d has not answered for %.1f s (stopped or stuck); "
-                                    "killing it so that a replacement takes its connections",
-                                    proc.pid, silent_s)
-                        proc.kill()
-                    return
-                try:  # at most stall_s at a time, so that becoming ready tightens the bound
-                    wait_read(beat_read, min(limit_s - silent_s, stall_s))
-                except TimeoutError:  # gevent raises socket.timeout, an alias of TimeoutError
-                    continue
-                try:
-                    if not os.read(beat_read, 4096):
-                        return  # it exited: its keeper handles that
-                except BlockingIOError:
-                    continue
-                last_beat = time.monotonic()
-        finally:
-            os.close(beat_read)
 
     def restart(self) -> None:
         """Recycle every worker, one at a time (SIGHUP); see the module docstring."""
@@ -298,27 +258,6 @@ def worker_headers() -> tuple[tuple[str, str], ...]:
     return (("X-Geventcomet-Worker", str(os.getpid())),)
 
 
-def _heartbeat(beat_write: int | None, parent: int, stop: Event) -> None:
-    """Tell the supervisor this loop turns; stop if the supervisor is gone."""
-    if beat_write is not None:
-        os.set_blocking(beat_write, False)
-    while True:  # also while stopping: a graceful stop takes a while, and is not a stall
-        gevent.sleep(HEARTBEAT_INTERVAL_S)
-        gone = os.getppid() != parent
-        if beat_write is not None and not gone:
-            try:
-                os.write(beat_write, b".")
-            except BlockingIOError:
-                pass  # the supervisor is behind reading; it will see the pipe is not empty
-            except OSError:  # EPIPE: nobody reads it any more
-                gone = True
-        if gone:
-            if not stop.is_set():
-                log.warning("the supervisor (pid %d) is gone; stopping", parent)
-                stop.set()
-            return
-
-
 def worker_main() -> None:
     """Entry point of a worker process (monkey-patched by its command line)."""
     from .server import LISTEN_BACKLOG, serve
@@ -332,8 +271,8 @@ def worker_main() -> None:
         log.error("cannot start worker: %s", exc)
         sys.exit(1)
     stop, handover = Event(), Event()
-    beat = os.environ.get(HEARTBEAT_ENV)
-    gevent.spawn(_heartbeat, int(beat) if beat else None, os.getppid(), stop)
+    beat = os.environ.get(heartbeat.ENV)
+    gevent.spawn(heartbeat.beat, int(beat) if beat else None, os.getppid(), stop)
 
     def hand_over() -> None:  # SIGUSR1: a restart; the new worker already listens
         handover.set()

@@ -89,3 +89,18 @@ def redis_url(redis_server) -> str:
     """A clean database on the session's redis-server."""
     redis_server.flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from .chromium import Browser, require_browser
+    require_browser()
+    browser = Browser()
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture
+def browser(chromium):
+    yield chromium
+    chromium.close_pages()

@@ -36,6 +36,16 @@ class Changes:
                 self._event.wait()
 
 
+class Clock:
+    """A wall clock the test moves by hand (``clock.now += 60``), for code that takes ``clock=``."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Comet:
     """A small blocking client speaking the geventcomet protocol over real HTTP."""
 

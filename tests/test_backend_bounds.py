@@ -18,20 +18,10 @@ from geventcomet.backends.redis import RedisBackend
 from geventcomet.backends.sqlite import SQLiteBackend
 from geventcomet.errors import BackendError, ClientLimitReached, IdempotencyKeyLimitReached, LimitReached
 
-from .helpers import Comet
+from .helpers import Clock, Comet
 
 SETTINGS = dict(client_ttl_s=200, timeout_s=2, max_timeout_s=5, idempotency_ttl_s=60)
 KINDS = {"memory": MemoryBackend, "sqlite": SQLiteBackend, "redis": RedisBackend}
-
-
-class Clock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

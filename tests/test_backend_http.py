@@ -13,17 +13,9 @@ from geventcomet.backends.memory import MemoryBackend
 from geventcomet.backends.redis import RedisBackend
 from geventcomet.backends.sqlite import SQLiteBackend
 
-from .helpers import Comet
+from .helpers import Clock, Comet
 
 SETTINGS = dict(client_ttl_s=200, timeout_s=2, max_timeout_s=5)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])

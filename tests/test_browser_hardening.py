@@ -20,7 +20,6 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
 from .helpers import Comet
-from .test_browser import Browser, require_browser
 
 #: Unparseable replies served before a good one.
 BAD_REPLIES = 5
@@ -106,20 +105,6 @@ class BrokenServer:
     def stop(self) -> None:
         self.release.set()
         self.server.stop(timeout=2)
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    require_browser()
-    browser = Browser()
-    yield browser
-    browser.quit()
-
-
-@pytest.fixture
-def browser(chromium):
-    yield chromium
-    chromium.close_pages()
 
 
 @pytest.mark.parametrize("transport", ["longpoll", "eventsource"])

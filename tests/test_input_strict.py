@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import socket
 import subprocess
 
@@ -18,6 +17,7 @@ import requests
 from geventcomet import protocol, strictjson
 from geventcomet.errors import BadRequest
 
+from .conftest import require_binary
 from .helpers import Comet
 
 #: Reads a JSON array of base64 bodies on stdin; prints the indexes JSON.parse refuses.
@@ -48,10 +48,9 @@ def strict_loads(body: bytes) -> object:
 
 def node_rejects(bodies: list[bytes]) -> list:
     """The bodies Node's JSON.parse refuses, as (index, error); [] when all parse."""
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
+    node = require_binary("node")  # skips locally without node, fails in CI
     payload = json.dumps([base64.b64encode(b).decode() for b in bodies])
-    out = subprocess.run(["node", "-e", NODE_CHECK], input=payload, capture_output=True, text=True, timeout=30)
+    out = subprocess.run([node, "-e", NODE_CHECK], input=payload, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -1,0 +1,85 @@
+"""A worker's heartbeat to its supervisor, so that a stopped or stuck worker is replaced.
+
+A worker that is stopped (SIGSTOP) or stuck in a loop keeps its listening socket: the
+kernel's SO_REUSEPORT goes on giving it a share of new connections, and its held
+clients get nothing. Its process is alive, so only its event loop can say it works.
+
+Each worker writes a byte to a pipe every :data:`INTERVAL_S` from a greenlet (:func:`beat`),
+so the byte comes only while its loop turns; the supervisor waits on every pipe
+(:func:`watch`) and kills (SIGKILL) a worker silent for ``--worker-stall-timeout``; the
+worker's keeper then starts a replacement. The timeout must be longer than the longest
+loop turn: one fan-out wakes every waiter of a channel in one turn (100,000 took 3-4 s
+here), hence the default of 10 s. The same pipe tells a worker that its supervisor is
+gone (the write fails).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+
+import gevent
+from gevent.event import Event
+from gevent.socket import wait_read
+
+log = logging.getLogger("geventcomet.workers")
+
+#: A worker writes a heartbeat byte this often (seconds).
+INTERVAL_S = 0.5
+#: Environment variable naming the heartbeat pipe's write end in a worker.
+ENV = "GEVENTCOMET_HEARTBEAT_FD"
+
+
+def watch(proc: subprocess.Popen, beat_read: int, ready: Event, stall_s: float, start_timeout_s: float) -> None:
+    """Kill ``proc`` if its heartbeat stops for ``stall_s`` (``start_timeout_s`` until ``ready``).
+
+    Runs in the supervisor, one greenlet per worker; closes ``beat_read`` when done.
+    """
+    os.set_blocking(beat_read, False)
+    last_beat = time.monotonic()
+    try:
+        while True:
+            # Until it listens, a worker may be importing or connecting: the start-up bound applies.
+            silent_s = time.monotonic() - last_beat
+            limit_s = stall_s if ready.is_set() else start_timeout_s
+            if silent_s >= limit_s:
+                if proc.poll() is None:
+                    log.warning("worker pid %d has not answered for %.1f s (stopped or stuck); "
+                                "killing it so that a replacement takes its connections",
+                                proc.pid, silent_s)
+                    proc.kill()
+                return
+            try:  # at most stall_s at a time, so that becoming ready tightens the bound
+                wait_read(beat_read, min(limit_s - silent_s, stall_s))
+            except TimeoutError:  # gevent raises socket.timeout, an alias of TimeoutError
+                continue
+            try:
+                if not os.read(beat_read, 4096):
+                    return  # it exited: its keeper handles that
+            except BlockingIOError:
+                continue
+            last_beat = time.monotonic()
+    finally:
+        os.close(beat_read)
+
+
+def beat(beat_write: int | None, parent: int, stop: Event) -> None:
+    """Tell the supervisor this loop turns; stop if the supervisor is gone."""
+    if beat_write is not None:
+        os.set_blocking(beat_write, False)
+    while True:  # also while stopping: a graceful stop takes a while, and is not a stall
+        gevent.sleep(INTERVAL_S)
+        gone = os.getppid() != parent
+        if beat_write is not None and not gone:
+            try:
+                os.write(beat_write, b".")
+            except BlockingIOError:
+                pass  # the supervisor is behind reading; it will see the pipe is not empty
+            except OSError:  # EPIPE: nobody reads it any more
+                gone = True
+        if gone:
+            if not stop.is_set():
+                log.warning("the supervisor (pid %d) is gone; stopping", parent)
+                stop.set()
+            return
