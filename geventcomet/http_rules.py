@@ -79,7 +79,19 @@ def parse_request_line(line: bytes) -> RequestLine:
     if major != b"1":
         raise HeadError("unsupported HTTP version: only HTTP/1.0 and HTTP/1.1 are served")
     version = "HTTP/1.0" if minor == b"0" else "HTTP/1.1"
-    return RequestLine(method.decode("ascii"), target.decode("ascii"), version)
+    return RequestLine(method.decode("ascii"), origin_form(target.decode("ascii")), version)
+
+
+def origin_form(target: str) -> str:
+    """``http://host/path?q`` -> ``/path?q``: RFC 9112 §3.2.2 says a server MUST accept the
+    absolute form (proxies send it); the routes only need the path and query.
+    (The ``Host`` header still names the host, for ``--allowed-hosts`` and origin checks.)"""
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return target
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    path = rest[cut:]
+    return path if path.startswith("/") else "/" + path
 
 
 def parse_header_line(line: bytes) -> tuple[str, str]:

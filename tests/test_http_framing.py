@@ -93,3 +93,14 @@ def test_well_formed_heads_still_work_and_keep_the_connection(server):
         assert [status for status, _, _ in replies] == [200, 200, 200, 411]  # chunked: the app's 411
         assert json.loads(replies[2][2])["events"][0]["data"] == 1
         assert sock.recv(100) == b""  # the 411 closes without reading the body
+
+
+def test_an_absolute_form_target_is_served_by_its_path(server):
+    """RFC 9112 §3.2.2: a server MUST accept the absolute form (what a proxy sends)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET http://127.0.0.1/stats?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                     b"GET HTTPS://example.org HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        pending = bytearray()
+        stats, index = read_reply(sock, pending), read_reply(sock, pending)
+    assert stats[0] == 200 and "waiting" in json.loads(stats[2])
+    assert index[0] == 200 and json.loads(index[2])["name"] == "geventcomet"
