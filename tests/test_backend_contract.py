@@ -105,10 +105,11 @@ def test_new_subscriber_starts_now(make_backend):
 
 
 def test_from_position_in_expired_stream(make_backend):
-    backend = make_backend(backlog_age_s=0.4)
+    clock = Clock()
+    backend = make_backend(clock=clock, backlog_age_s=0.4)
     publish_n(backend, "news", 10)
     assert ids(backend.read("news", 8, backend.epoch)) == [9, 10]
-    gevent.sleep(0.7)  # the history's age limit passing is the thing under test
+    clock.now += 0.7  # the history's age limit passing is the thing under test
     read = backend.read("news", 8, backend.epoch)
     assert (ids(read), read.last_seq, read.recovered) == ([], 10, False)
     assert backend.publish("news", "1") == 11  # ids continue after the history expired
@@ -175,7 +176,8 @@ def test_publish_wakes_the_channel(make_backend):
 # -- registrations -----------------------------------------------------------
 
 def test_registration_lifecycle_and_expiry(make_backend):
-    backend = make_backend(timeout_s=0.1, max_timeout_s=0.2, client_ttl_s=0.5)
+    clock = Clock()
+    backend = make_backend(clock=clock, timeout_s=0.1, max_timeout_s=0.2, client_ttl_s=0.5)
     backend.register("alice")
     backend.register("bob")
     assert backend.is_registered("alice") and not backend.is_registered("carol")
@@ -183,9 +185,9 @@ def test_registration_lifecycle_and_expiry(make_backend):
     assert backend.publish("@alice", '"private"') == 1
     assert ids(backend.read("@alice", 0, None)) == [1]
     assert "@alice" not in backend.channel_names(10)
-    gevent.sleep(0.3)
+    clock.now += 0.3
     backend.register("bob")  # bob polls again: his idle clock restarts
-    gevent.sleep(0.35)  # alice is now idle longer than the TTL, bob is not
+    clock.now += 0.35  # alice is now idle longer than the TTL, bob is not
     assert not backend.is_registered("alice") and backend.is_registered("bob")
     assert sorted(backend.expire_idle()) == ["alice"]
     assert backend.counts()["clients"] == 1

@@ -43,10 +43,10 @@ def poll_forever(url, channel, log, stop, changes=None):
         try:
             reply = http.get(url + "/register", params=params, timeout=10)
         except requests.RequestException:
-            gevent.sleep(0.05)
+            stop.wait(0.05)  # pace the retries while Redis restarts; return at once when stopped
             continue
         if reply.status_code != 200:  # 503 while Redis is down: poll again with the same cursor
-            gevent.sleep(0.05)
+            stop.wait(0.05)
             continue
         body = reply.json()
         log.append(body)
@@ -64,13 +64,13 @@ def notify_with_retries(url, channel, n, acked):
             reply = http.post(url + "/notify", json={"channel": channel, "data": n},
                               headers={"Idempotency-Key": f"n-{n}"}, timeout=10)
         except requests.RequestException:
-            gevent.sleep(0.05)
+            gevent.sleep(0.05)  # pacing a retry, not waiting for something: no event to wait on
             continue
         if reply.status_code == 200:
             acked.append((n, time.monotonic()))
             return
         assert reply.status_code == 503 and reply.headers.get("Retry-After"), reply.text
-        gevent.sleep(0.05)
+        gevent.sleep(0.05)  # likewise (Retry-After is in whole seconds; this test cannot wait that long)
     raise AssertionError(f"notify {n} never acknowledged")
 
 
@@ -196,7 +196,7 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
     monkeypatch.setattr(redis_backend, "POOL_CONNECTIONS", 2)
     monkeypatch.setattr(redis_backend, "POOL_TIMEOUT_S", 0.01)
     backend = open_backend(Config(backend=redis_url))
-    backend._refresh_s = 0  # every poll refreshes its registration
+    backend._registrations.refresh_s = 0  # every poll refreshes its registration
     server = start_server(backend=backend)
     statuses, received, go = [], [], Event()
 

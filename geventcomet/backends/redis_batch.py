@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 import redis
 from gevent.hub import Waiter
 from redis.commands.core import Script
 
-from .redis_scripts import PREFIX, epoch_candidate
+from .redis_scripts import CLIENTS_KEY, epoch_candidate, evalsha, read_args, register_args
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +36,26 @@ class Batcher:
     registration one call of the bounded REGISTER script (answering 1 or 0 per client).
     Thousands of polls arriving together therefore cost a few round trips on at most
     ``flushers`` pooled connections, instead of each waiting for a connection.
-    ``scripts`` are (read, register); ``max_clients`` is the registrations' bound.
+    ``scripts`` are (read, register); ``max_clients`` is the registrations' bound,
+    ``age_ms`` the streams' age limit, and ``script_now()`` the time READ is given
+    (see :mod:`.redis_scripts`).
     """
 
     def __init__(self, client: redis.Redis, scripts: tuple[Script, ...], flushers: int,
-                 max_clients: int = 0) -> None:
+                 max_clients: int = 0, age_ms: int = 0, script_now: Callable[[], str] = lambda: "") -> None:
         self._client = client
         self._scripts = scripts
-        self.max_clients = max_clients
+        self._max_clients = max_clients
+        self._age_ms = age_ms
+        self._script_now = script_now
         self._max_flushers = flushers
         self._flushers = 0
         self._pending: deque = deque()
         self._loop = gevent.get_hub().loop
-        self.age_ms = 0
 
     def call(self, op: int, arg):
+        """The reply to ``(op, arg)``; raises :class:`redis.RedisError` for any failure, an
+        error reply included: callers need not look at the reply for one."""
         waiter = Waiter()
         self._submit((op, arg, waiter))
         value = waiter.get()
@@ -90,7 +95,7 @@ class Batcher:
         places: dict[str, int] = {}  # each of them -> its place in the script's reply
         zadd_at = register_at = -1
         commands: list[Any] = []  # Redis commands; a None slot is filled in below
-        candidate = epoch_candidate()
+        candidate, now = epoch_candidate(), self._script_now()
         read_sha, register_sha = (script.sha for script in self._scripts)
         for op, arg, _ in batch:
             place = -1
@@ -99,10 +104,8 @@ class Batcher:
                 if index is None:
                     channel, since, epoch, page = arg
                     index = reads[arg] = len(commands)
-                    commands.append(("EVALSHA", read_sha, 4, PREFIX + "epoch", PREFIX + "seq",
-                                     PREFIX + "s:" + channel, PREFIX + "dropped", channel,
-                                     "" if since is None else since, epoch or "", candidate, self.age_ms,
-                                     page.events, page.size, "1" if page.first_free else "0"))
+                    commands.append(evalsha(read_sha, read_args(channel, since, epoch, page, candidate,
+                                                                self._age_ms, now)))
             elif op == ZADD_OP:
                 client, score = arg
                 scores[client] = score
@@ -120,14 +123,12 @@ class Batcher:
                 index = register_at
             else:
                 index = len(commands)
-                commands.append(("ZSCORE", PREFIX + "clients", arg))
+                commands.append(("ZSCORE", CLIENTS_KEY, arg))
             plan.append((index, place))
         if zadd_at >= 0:
-            flat = [x for client, score in scores.items() for x in (score, client)]
-            commands[zadd_at] = ("ZADD", PREFIX + "clients", *flat)
+            commands[zadd_at] = ("ZADD", CLIENTS_KEY, *[x for client, score in scores.items() for x in (score, client)])
         if register_at >= 0:
-            flat = [x for client, score in new.items() for x in (score, client)]
-            commands[register_at] = ("EVALSHA", register_sha, 1, PREFIX + "clients", self.max_clients, *flat)
+            commands[register_at] = evalsha(register_sha, register_args(self._max_clients, new))
         replies = self._execute(commands)
         return [replies[i] if place < 0 or isinstance(replies[i], Exception) else replies[i][place]
                 for i, place in plan]
@@ -154,12 +155,13 @@ class PublishBatcher(Batcher):
 
     Concurrent notifies share one round trip. A batch that fails on the connection
     fails every publish in it (each notify answers 503; its Idempotency-Key makes
-    the retry safe), as a single publish would. ``scripts`` is (publish,).
+    the retry safe), as a single publish would. ``scripts`` is (publish,); each call's
+    argument is its ``(keys, args)`` (:func:`~.redis_scripts.publish_args`).
     """
 
     def _run(self, batch: list) -> list:
         sha = self._scripts[0].sha
-        return self._execute([("EVALSHA", sha, len(keys), *keys, *args) for _, (keys, args), _ in batch])
+        return self._execute([evalsha(sha, call) for _, call, _ in batch])
 
 
 def _deliver(batch: list, results: list) -> None:

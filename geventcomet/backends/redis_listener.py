@@ -1,7 +1,8 @@
 """The one Redis pub/sub listener of a process: wake-up messages in, reconnects with capped backoff.
 
-redis-py reconnects and resubscribes a pub/sub connection on its own (PITFALLS
-§2.6), silently: wake-ups sent meanwhile are lost. So every (re)subscription after
+Redis delivers a pub/sub message only to the subscribers connected when it is
+published; redis-py reconnects and resubscribes a pub/sub connection on its own and
+says nothing, so wake-ups sent meanwhile are lost without a trace. So every (re)subscription after
 the first calls ``on_resubscribed`` (the backend wakes every local waiter to
 re-read Redis), and a lost connection calls ``on_lost`` (the backend stops trusting
 its tails) before the next try.
