@@ -1,7 +1,7 @@
 """gevent.pywsgi's request handler, with the limits and speed a Comet server needs.
 
-What plain pywsgi lacks (measured in PITFALLS §2): it has no timeouts at all (a
-slowloris holds a greenlet forever), buffers ~6 MB of headers, accepts ambiguous
+What plain pywsgi lacks (measured against gevent's pywsgi): it has no timeouts at
+all (a slowloris holds a greenlet forever), buffers ~6 MB of headers, accepts ambiguous
 framing (Content-Length with Transfer-Encoding: a request hidden in a body runs),
 does not put the socket in the environ (so a hung-up client cannot be noticed),
 and writes headers and body in two sends (with Nagle, ~40 ms per keep-alive
@@ -15,14 +15,21 @@ reply). This handler adds:
   silent close of keep-alive connections idle longer than their timeout;
 - a total head size limit checked while reading (431), parsed without
   ``email.feedparser``, the largest single cost of pywsgi per request;
-- ``TCP_NODELAY`` and one send for head and body;
+- ``TCP_NODELAY`` and one send for head and body: written in two sends, a keep-alive
+  reply's body waits for the ACK of its head (Nagle's algorithm meets the client's
+  delayed ACK), ~40 ms per reply on Linux;
 - a small read buffer per connection (a parked client holds it for its whole wait);
 - ``environ['geventcomet.socket']``: the connection's Peer, which a held request
   watches for a hang-up (pipelined bytes are kept for the next request), and
   ``environ['geventcomet.abandon_body']`` so a refused body is never read;
 - a fast path for ``GET /register`` (most of the traffic): the app's ``respond()``
-  is called with a small environ and its reply written directly, skipping pywsgi's
-  environ, ``start_response`` and result iteration (~20 % of a poll's CPU).
+  (what its WSGI ``__call__`` calls too) is called with a small environ and its
+  reply written directly, skipping pywsgi's environ, ``start_response`` and result
+  iteration (~20 % of a poll's CPU). An application without ``respond()`` (wrapped
+  in middleware, or in ``wsgiref.validate``) gets every request through WSGI;
+- after a reply sent while the hub wakes a fan-out (``Hub.waking``), one yield, so
+  the hub's loop sends the next waiter's reply before this request goes back to
+  pywsgi's loop (~10 us per waiter, after the last send, measured at 5,000 waiters).
 
 Client faults (bad heads, timeouts, slow readers, hang-ups mid-body) are noted in
 :mod:`geventcomet.misbehaviour`, never logged as tracebacks.
@@ -30,20 +37,21 @@ Client faults (bad heads, timeouts, slow readers, hang-ups mid-body) are noted i
 from __future__ import annotations
 
 import io
-import json
 import logging
 import socket
 import time
+from functools import lru_cache
 
 import gevent
 from gevent.pywsgi import WSGIHandler, format_date_time
 
-from .app import status_line
 from .errors import ClientGone
 from .http_input import Headers, HeadersTooLarge, RequestBody
 from .http_rules import HeadError, check_head, parse_request_line
 from .misbehaviour import note
 from .peer import BodyTimeout, HeaderTimeout, IdleTimeout, Peer, SlowReader
+from .protocol import json_bytes
+from .replies import status_line, status_line_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,7 @@ RFILE_BUFFER_BYTES = 1024
 
 def error_reply(status: int, message: str) -> bytes:
     """A whole ``Connection: close`` reply with a JSON ``{"error": message}``."""
-    body = json.dumps({"error": message}).encode()
+    body = json_bytes({"error": message})
     return (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: application/json\r\nConnection: close\r\n"
             f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
 
@@ -65,28 +73,14 @@ RESPONSE_414 = error_reply(414, "the request line is too long")
 RESPONSE_400 = error_reply(400, "malformed HTTP request")
 
 
-_date_cache: dict[int, bytes] = {}  # {second: formatted}, one entry
-
-
 def http_date() -> bytes:
     """The Date header value, formatted once per second instead of once per reply."""
-    now = int(time.time())
-    value = _date_cache.get(now)
-    if value is None:
-        _date_cache.clear()
-        value = _date_cache[now] = format_date_time(now)
-    return value
+    return _date_of(int(time.time()))
 
 
-_STATUS_LINES: dict[int, bytes] = {}  # {200: b"HTTP/1.1 200 OK\r\n", ...}
-
-
-def status_line_bytes(status: int) -> bytes:
-    """``200`` -> ``b"HTTP/1.1 200 OK\\r\\n"``, built once per status."""
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = b"HTTP/1.1 " + status_line(status).encode() + b"\r\n"
-    return line
+@lru_cache(maxsize=1)
+def _date_of(second: int) -> bytes:
+    return format_date_time(second)
 
 
 class CometHandler(WSGIHandler):
@@ -220,14 +214,16 @@ class CometHandler(WSGIHandler):
     #
     # A poll is most of the traffic, and pywsgi's environ, start_response and
     # result iteration were ~20 % of a poll's CPU (bench/RESULTS.md, 2026-11-21).
-    # For GET /register over HTTP/1.1 the app's respond() gets a small environ and
-    # its reply is written here with one send(); everything else is plain WSGI.
+    # For GET /register over HTTP/1.1 the app's respond() (which its WSGI __call__
+    # also calls) gets a small environ and its reply is written here with one
+    # send(); everything else, and every request to a wrapped app, is plain WSGI.
 
     def _fast_route(self) -> bool:
         self._fast = (self.command == "GET" and self.request_version == "HTTP/1.1"
                       and self.path.partition("?")[0] == "/register" and not self.content_length
                       and self.headers.get("transfer-encoding") is None
-                      and not self.server.access_log_enabled)
+                      and not self.server.access_log_enabled
+                      and hasattr(self.server.application, "respond"))
         return self._fast
 
     def _fast_environ(self) -> dict:
@@ -247,7 +243,7 @@ class CometHandler(WSGIHandler):
         self.code = 0
         self.response_length = 0
         try:
-            status, body, content_type, headers = self.server.app.respond(self.environ)
+            status, body, content_type, headers = self.server.application.respond(self.environ)
         except ClientGone:
             self.close_connection = True
             return None
@@ -265,10 +261,10 @@ class CometHandler(WSGIHandler):
         except OSError:
             self.close_connection = True
             return None
-        if self.environ.get("geventcomet.woken"):
-            # Woken by a publish, so most likely one of many in the hub's fan-out loop:
-            # let it send the next waiter's reply before this one goes back to reading
-            # its next request (~10 us of pywsgi's loop per waiter, after the last send).
+        if self.server.application.hub.waking:
+            # Run from the hub's fan-out loop: let it send the next waiter's reply before
+            # this one goes back to reading its next request (~10 us of pywsgi's loop per
+            # waiter, after the last send).
             gevent.sleep(0)
         return None
 
@@ -307,8 +303,8 @@ class CometHandler(WSGIHandler):
         self.response_length += len(data)
 
     def _write_with_headers(self, data):
-        # One sendall for head and body: two small writes on a keep-alive
-        # connection meet Nagle and delayed ACK (PITFALLS §6).
+        # One sendall for head and body: two small writes on a keep-alive connection
+        # meet Nagle and the client's delayed ACK (~40 ms per reply).
         self.headers_sent = True
         self.finalize_headers()
         head = [b"HTTP/1.1 ", self.status, b"\r\n"]

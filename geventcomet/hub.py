@@ -10,8 +10,14 @@ waiter once. Nothing ever scans the waiters, and nothing calls ``Event.clear()``
 A wake-up is only a hint that something changed: the woken request reads the
 backend again, and parks again before that read. A waiter parks *before* it reads
 the backlog, so a publish landing while the read yields (Redis, SQLite) still
-finds it in the set; the Waiter stores the value and ``get()`` returns at once
-(the lost-wakeup race, PITFALLS B8).
+finds it in the set; the Waiter stores the value and ``get()`` returns at once.
+(Parking after the read loses that wake-up: the request then sleeps until its
+timeout with an event waiting for it.)
+
+While a wake switches to its waiters one by one, :attr:`Hub.waking` is true: each
+woken request runs from that loop until it blocks, so a request that sees it set
+after sending its reply yields at once, letting the loop reach the next waiter
+before it goes back to reading its next request (the handler does this).
 
 Sets, not gevent ``Event`` links: ``Event.unlink`` is a list removal, O(n) per
 departing waiter, which turns a fan-out to 15,000 waiters quadratic.
@@ -64,6 +70,8 @@ class Hub:
         self._counts: dict[int, tuple[Event, int]] = {}  # watched count -> (its Event, watchers)
         #: The last wake of :data:`FANOUT_MIN_WAITERS` or more, for ``/stats``.
         self.last_fanout: FanOut | None = None
+        #: True while a wake switches to its waiters: the running request was woken by it.
+        self.waking = False
 
     @property
     def waiting(self) -> int:
@@ -172,7 +180,11 @@ class Hub:
         # (timed out in the same loop turn) just stores the value and is never read.
         # Each woken request runs until its reply is sent, then yields back here.
         started = time.time() if len(waiters) >= FANOUT_MIN_WAITERS else 0.0
-        for waiter in waiters:
-            waiter.switch(reason)
+        self.waking = True
+        try:
+            for waiter in waiters:
+                waiter.switch(reason)
+        finally:
+            self.waking = False
         if started:
             self.last_fanout = FanOut(len(waiters), started, time.time())

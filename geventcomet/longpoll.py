@@ -32,8 +32,6 @@ class PollResult:
     recovered: bool
     timeout: bool = False
     shutting_down: bool = False
-    #: answered because a publish woke it (not at once, not at its timeout)
-    woken: bool = False
 
 
 def read_all(backend: Backend, channels: tuple[str, ...], positions: Mapping[str, int | None],
@@ -78,7 +76,6 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mappi
         while True:
             result = read_all(backend, channels, positions, epoch)
             if result.events or not result.recovered:
-                result.woken = not parked
                 return result
             if hub.closing:
                 result.shutting_down = True

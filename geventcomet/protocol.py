@@ -44,6 +44,7 @@ _TIMEOUT_RE = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12})(?:[eE
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,19}\Z")
 #: Deepest nesting of arrays and objects in a notify's JSON body (the envelope object is level 1).
 MAX_JSON_DEPTH = strictjson.MAX_DEPTH
+MISSING_CHANNEL = "missing channel: pass at least one channel=NAME (or a client=ID)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +108,16 @@ def validate_client(client: str) -> str:
 
 
 def parse_register(query: str, *, default_timeout_s: float, max_timeout_s: float,
-                   max_channels: int, allow_no_channel: bool = False) -> RegisterRequest:
-    """Validate a register query string (``channel=..&since=..&timeout=..&client=..``)."""
+                   max_channels: int, resumable: bool = False,
+                   last_event_id: str | None = None) -> RegisterRequest:
+    """Validate a register query string (``channel=..&since=..&timeout=..&client=..``).
+
+    ``resumable`` (an SSE stream): ``last_event_id`` (the ``Last-Event-ID`` header, else the
+    query's ``last_event_id=``) replaces ``since``, and a cursor naming one private channel
+    names the client, so a browser's native reconnect keeps its client id.
+    """
     channels: list[str] = []
-    since = client = timeout = None
+    since = client = timeout = resume = None
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False,
                           max_num_fields=max_channels + 8)
@@ -128,13 +135,28 @@ def parse_register(query: str, *, default_timeout_s: float, max_timeout_s: float
             timeout = value
         elif key == "client":
             client = validate_client(value)
+        elif key == "last_event_id" and resume is None:
+            resume = value
     if len(channels) > max_channels:
         raise BadRequest(f"too many channels in one poll: {len(channels)} > {max_channels}")
-    if not channels and client is None and not allow_no_channel:
-        raise BadRequest("missing channel: pass at least one channel=NAME (or a client=ID)")
+    if not channels and client is None and not resumable:
+        raise BadRequest(MISSING_CHANNEL)
     timeout_s = parse_timeout(timeout, default_timeout_s, max_timeout_s)
     cursor = parse_since(since, channels)
+    if resumable:
+        resume = last_event_id or resume
+        if resume:
+            cursor = parse_since(resume, channels)
+        client = client or client_in(cursor)
+        if not channels and client is None:
+            raise BadRequest(MISSING_CHANNEL)
     return RegisterRequest(tuple(channels), cursor, timeout_s, client)
+
+
+def client_in(cursor: Cursor) -> str | None:
+    """The client id whose private channel a cursor names, if exactly one."""
+    private = [c[1:] for c in cursor.positions if c.startswith(PRIVATE_PREFIX)]
+    return private[0] if len(private) == 1 else None
 
 
 def parse_timeout(value: str | None, default_s: float, max_s: float) -> float:
@@ -200,8 +222,17 @@ def plan_read(since: int | None, first: int, last: int, same_epoch: bool = True)
 
 
 def encode_json(value: object) -> str:
-    """Compact JSON; ``ValueError`` for a non-finite float (served JSON must parse strictly)."""
+    """Compact JSON, the one encoder of every JSON byte served or stored.
+
+    Not ASCII-escaped: a notify's data is stored (and counted against the byte bounds) as
+    UTF-8. ``ValueError`` for a non-finite float (served JSON must parse strictly).
+    """
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def json_bytes(value: object) -> bytes:
+    """:func:`encode_json` as UTF-8 (a lone surrogate, which no caller passes, becomes ``?``)."""
+    return encode_json(value).encode("utf-8", "replace")
 
 
 def event_prefix(channel: str) -> bytes:

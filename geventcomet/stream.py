@@ -26,19 +26,22 @@ Frames (``data:`` is always one line of JSON)::
     event: reconnect  {"reason": "shutdown"}   the server is stopping; the stream ends
     : heartbeat       a comment, every ``heartbeat_s`` without events
 
-The pure framing functions at the top do no I/O and are tested with plain calls.
+The pure framing functions at the top do no I/O and are tested with plain calls;
+:class:`StreamEndpoint` is a thin adapter over the :class:`~geventcomet.service.CometService`.
 """
 from __future__ import annotations
 
 import logging
 import random
-import secrets
-from typing import Iterable, Iterator
-from urllib.parse import parse_qsl
+import socket
+from typing import Iterator
 
-from . import protocol, security
+from . import protocol
 from .errors import BackendError, ClientGone, CometError, Unavailable
-from .longpoll import PollResult, hold
+from .longpoll import PollResult
+from .peer import Peer
+from .replies import Streamed
+from .service import CometService
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ HEARTBEAT_S = 15.0
 #: so that the clients of a restarted server do not all come back in the same instant.
 RETRY_MS = (1000, 3000)
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
-_BATCH_HEADERS = (("Cache-Control", "no-store"), ("X-Accel-Buffering", "no"))
+_STREAM_HEADERS = (("Cache-Control", "no-store"), ("X-Accel-Buffering", "no"))
 
 
 # -- pure framing ------------------------------------------------------------
@@ -103,8 +106,7 @@ def frame_batch(result: PollResult, positions: dict[str, int]) -> bytes:
     """
     parts = []
     if not result.recovered:
-        parts.append(frame(protocol.encode_json({"recovered": False, "epoch": result.epoch}).encode(),
-                           event="gap"))
+        parts.append(frame(protocol.json_bytes({"recovered": False, "epoch": result.epoch}), event="gap"))
     for encoded in result.events:
         channel, seq = event_position(encoded)
         positions[channel] = seq
@@ -113,8 +115,8 @@ def frame_batch(result: PollResult, positions: dict[str, int]) -> bytes:
 
 
 def hello(client: str, epoch: str, cursor: str, heartbeat_s: float, retry_ms: int) -> bytes:
-    body = protocol.encode_json({"client": client, "epoch": epoch, "heartbeat_s": heartbeat_s})
-    return frame(body.encode(), event="hello", event_id=cursor, retry_ms=retry_ms)
+    body = protocol.json_bytes({"client": client, "epoch": epoch, "heartbeat_s": heartbeat_s})
+    return frame(body, event="hello", event_id=cursor, retry_ms=retry_ms)
 
 
 HEARTBEAT = b": heartbeat\n\n"
@@ -124,62 +126,42 @@ SHUTDOWN = frame(b'{"reason":"shutdown"}', event="reconnect")
 # -- the endpoint ------------------------------------------------------------
 
 class StreamEndpoint:
-    """``GET /stream`` for one :class:`~geventcomet.app.CometApp`.
+    """``GET /stream`` over one :class:`~geventcomet.service.CometService`.
 
-    Open streams are parked in the app's hub between batches, so they appear in
+    Open streams are parked in the service's hub between batches, so they appear in
     ``/stats`` ``waiting``; every open stream counts against ``--max-waiting``, also
     while it writes (a client that does not read holds its stream until the write
-    deadline). Events written count in ``delivered``, hang-ups in ``disconnects``.
+    deadline): :attr:`CometService.streams <geventcomet.service.CometService.streams>`
+    counts them. Events written count in ``delivered``, hang-ups in ``disconnects``.
     """
 
-    def __init__(self, app, *, heartbeat_s: float = HEARTBEAT_S,
+    def __init__(self, service: CometService, *, heartbeat_s: float = HEARTBEAT_S,
                  retry_ms: tuple[int, int] = RETRY_MS) -> None:
-        self.app = app
+        self.service = service
         #: Seconds between heartbeat comments on an idle stream.
         self.heartbeat_s = heartbeat_s
         #: Range the per-stream ``retry:`` (ms) is drawn from.
         self.retry_ms = retry_ms
-        #: Streams open now, and opened since start.
-        self.open = 0
-        self.opened = 0
-        #: Open streams parked in the hub now (the others are writing, or blocked on a
-        #: slow reader): ``open - parked`` is what the hub's count misses.
-        self.parked = 0
 
-    def __call__(self, environ: dict) -> Iterable[bytes]:
-        app = self.app
-        config = app.config
-        if app.hub.closing:
+    def open_stream(self, environ: dict) -> Streamed:
+        """Validate and subscribe (errors are plain JSON replies), then stream."""
+        service = self.service
+        if service.hub.closing:
             raise Unavailable("server is shutting down; reconnect")
-        app.refuse_if_full()
-        query = environ.get("QUERY_STRING", "")
-        req = protocol.parse_register(query, default_timeout_s=config.timeout_s,
-                                      max_timeout_s=config.max_timeout_s,
-                                      max_channels=config.max_channels, allow_no_channel=True)
-        cursor = req.cursor
-        resume = environ.get("HTTP_LAST_EVENT_ID") or _query_value(query, "last_event_id")
-        if resume:
-            cursor = protocol.parse_since(resume, list(req.channels))
-        client = req.client or _client_in(cursor) or _new_client()
-        if not req.channels and req.client is None and _client_in(cursor) is None:
-            raise CometError("missing channel: pass at least one channel=NAME (or a client=ID)")
-        channels = (*req.channels, protocol.private_channel(client))
-        app._call_backend(app.backend.register, client)
-        positions = {channel: cursor.positions.get(channel) for channel in channels}
+        service.refuse_if_full()
+        req = service.parse_register(environ.get("QUERY_STRING", ""), resumable=True,
+                                     last_event_id=environ.get("HTTP_LAST_EVENT_ID"))
+        client, channels, positions = service.subscribe(req)
         # The first read does not wait: its positions are the hello's cursor.
-        first = app._call_backend(hold, app.hub, app.backend, channels, positions, cursor.epoch, 0, None)
-        start_response = environ["geventcomet.start_response"]
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE), *_BATCH_HEADERS,
-                                  *app._cors_headers(environ), *app.extra_headers, *security.NOSNIFF])
-        if environ["REQUEST_METHOD"] == "HEAD":
-            return [b""]
+        first = service.wait(channels, positions, req.cursor.epoch, 0, None)
         sock = environ.get("geventcomet.socket") or environ.get("gunicorn.socket")
-        return self._run(client, channels, first, sock)
+        return Streamed(CONTENT_TYPE, _STREAM_HEADERS, self._run(client, channels, first, sock))
 
-    def _run(self, client: str, channels: tuple[str, ...], result: PollResult, sock) -> Iterator[bytes]:
-        app, stats = self.app, self.app.stats
-        self.open += 1
-        self.opened += 1
+    def _run(self, client: str, channels: tuple[str, ...], result: PollResult,
+             sock: Peer | socket.socket | None) -> Iterator[bytes]:
+        service, streams = self.service, self.service.streams
+        streams.open += 1
+        streams.opened += 1
         try:
             positions = start_positions(result)
             yield hello(client, result.epoch, protocol.encode_cursor(result.epoch, positions),
@@ -192,41 +174,28 @@ class StreamEndpoint:
                 if result.events or not result.recovered:
                     # Activity, like a poll, keeps the registration alive: a busy stream
                     # may never reach a heartbeat before the client TTL.
-                    app._call_backend(app.backend.register, client)
-                    stats.delivered += len(result.events)
+                    service.refresh(client)
+                    service.stats.delivered += len(result.events)
                     yield frame_batch(result, positions)
                 elif result.timeout and not first:  # the first read never waits
-                    app._call_backend(app.backend.register, client)
+                    service.refresh(client)
                     yield HEARTBEAT
-                self.parked += 1
-                try:
-                    result = hold(app.hub, app.backend, channels, positions, result.epoch,
-                                  self.heartbeat_s, sock)
-                except ClientGone:
-                    stats.disconnects += 1
-                    raise
-                finally:
-                    self.parked -= 1
+                result = self._wait(channels, positions, result.epoch, sock)
                 first = False
                 positions = start_positions(result)
         except (CometError, BackendError) as exc:  # the backend failed: end it, the browser retries
             log.warning("ending stream for %s: %s", client, getattr(exc, "message", exc))
         finally:
-            self.open -= 1
+            streams.open -= 1
 
-
-def _query_value(query: str, name: str) -> str | None:
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key == name:
-            return value
-    return None
-
-
-def _client_in(cursor: protocol.Cursor) -> str | None:
-    """The client id whose private channel a cursor names, if exactly one."""
-    private = [c[1:] for c in cursor.positions if c.startswith(protocol.PRIVATE_PREFIX)]
-    return private[0] if len(private) == 1 else None
-
-
-def _new_client() -> str:
-    return secrets.token_urlsafe(12)
+    def _wait(self, channels: tuple[str, ...], positions: dict[str, int], epoch: str,
+              sock: Peer | socket.socket | None) -> PollResult:
+        service, streams = self.service, self.service.streams
+        streams.parked += 1
+        try:
+            return service.wait(channels, positions, epoch, self.heartbeat_s, sock)
+        except ClientGone:
+            service.stats.disconnects += 1
+            raise
+        finally:
+            streams.parked -= 1

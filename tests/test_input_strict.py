@@ -195,6 +195,5 @@ def test_every_kind_of_json_reply_parses_strictly_in_python_and_node(server):
 
 
 def test_json_bytes_refuses_to_emit_nan():
-    from geventcomet.app import json_bytes
     with pytest.raises(ValueError):
-        json_bytes({"x": float("nan")})
+        protocol.json_bytes({"x": float("nan")})

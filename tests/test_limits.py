@@ -54,7 +54,7 @@ def test_a_busy_stream_keeps_its_registration_past_the_client_ttl(start_server):
 def test_a_stream_that_does_not_read_counts_against_max_waiting(start_server):
     server = start_server(max_waiting=1)
     comet = Comet(server.url)
-    stream = server.app.stream
+    stream = server.app.service.streams
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
         sock.connect(("127.0.0.1", server.port))

@@ -50,10 +50,17 @@ def test_the_notify_page_escapes_what_it_shows(server):
 
 
 def test_the_app_passes_wsgiref_validate():
+    """Every route, /register included: a wrapped app gets no fast path."""
     config = Config(port=0)
     app = make_app(config)
     server = CometServer(("127.0.0.1", 0), app, config)
-    server.application = validator(app)
+    validated, seen = validator(app), []
+
+    def application(environ, start_response):
+        seen.append(environ["PATH_INFO"])
+        return validated(environ, start_response)
+
+    server.application = application
     server.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
@@ -68,5 +75,9 @@ def test_the_app_passes_wsgiref_validate():
         assert requests.head(url + "/stats", timeout=10).status_code == 200
         assert requests.post(url + "/notify", data=b"{", timeout=10,
                              headers={"Content-Type": "application/json"}).status_code == 400
+        with requests.get(url + "/stream?channel=v", stream=True, timeout=10) as stream:
+            assert stream.status_code == 200 and next(stream.iter_lines()) == b"event: hello"
+        assert requests.head(url + "/stream?channel=v", timeout=10).status_code == 200
+        assert seen.count("/register") == 2 and "/stream" in seen
     finally:
         server.stop_gracefully()

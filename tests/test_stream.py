@@ -222,10 +222,10 @@ def test_a_client_that_hangs_up_is_noticed_at_once(server, streams):
     sse = streams(server.url, "channel=news")
     sse.next()
     server.wait_waiting(1)
-    assert server.app.stream.open == 1
+    assert server.app.service.streams.open == 1
     sse.close()
     server.wait_waiting(0)  # the unpark and the generator's finally run without a switch between
-    assert server.app.stream.open == 0
+    assert server.app.service.streams.open == 0
     assert server.app.stats.disconnects == 1
 
 

@@ -1,0 +1,69 @@
+"""The pages a person looks at: the Notify page, the static files (JS client, demo).
+
+Routes (see :func:`static_routes`):
+
+- ``GET /geventcomet.js``: the dependency-free client library;
+- ``GET /demo`` (+ ``/demo.js``): two-player tic-tac-toe over Comet;
+- ``GET /example``: the smallest page using the library;
+- ``GET /notify``: a form to publish an event, with the channels and their waiters.
+
+The files are package data (``geventcomet/static/``), read once.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from html import escape
+from importlib import resources
+from string import Template
+from typing import Callable
+from urllib.parse import parse_qs
+
+from .replies import Reply
+from .service import CometService
+
+#: URL path -> (file in geventcomet/static, content type).
+STATIC = {
+    "/geventcomet.js": ("geventcomet.js", "application/javascript; charset=utf-8"),
+    "/demo": ("demo.html", "text/html; charset=utf-8"),
+    "/demo.js": ("demo.js", "application/javascript; charset=utf-8"),
+    "/example": ("example.html", "text/html; charset=utf-8"),
+}
+HTML = "text/html; charset=utf-8"
+#: Channels listed on the Notify page (the backend's first ones, and every one waited on).
+NOTIFY_PAGE_CHANNELS = 200
+
+
+def static_routes() -> dict[str, Callable[[dict], Reply]]:
+    """``{path: handler}`` for the static files."""
+    return {path: _static_handler(_read(name), content_type) for path, (name, content_type) in STATIC.items()}
+
+
+def _static_handler(body: bytes, content_type: str) -> Callable[[dict], Reply]:
+    def serve(environ: dict) -> Reply:
+        return (200, body, content_type, ())
+    return serve
+
+
+def notify_page(service: CometService, query_string: str, *, token_field: bool) -> Reply:
+    """The Notify page; after its form was sent (``?sent=C&id=N&woken=W``) it says so."""
+    channels = service.channels(NOTIFY_PAGE_CHANNELS)
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{waiters}</td></tr>" for name, waiters in channels)
+    query = parse_qs(query_string)
+    sent = ""
+    if "sent" in query:
+        sent = (f'<p class="sent">Sent event #{escape(query.get("id", ["?"])[0])} to '
+                f'{escape(query["sent"][0])}, waking {escape(query.get("woken", ["0"])[0])}.</p>')
+    page = _template("notify.html").substitute(
+        rows=rows or '<tr><td colspan="2">no channels yet</td></tr>', sent=sent,
+        waiting=service.hub.waiting, token_field=(
+            '<label>Token <input name="token" type="password"></label>' if token_field else ""))
+    return (200, page.encode(), HTML, ())
+
+
+def _read(name: str) -> bytes:
+    return resources.files("geventcomet").joinpath("static", name).read_bytes()
+
+
+@lru_cache(maxsize=None)
+def _template(name: str) -> Template:
+    return Template(_read(name).decode("utf-8"))

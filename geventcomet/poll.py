@@ -1,0 +1,39 @@
+"""``GET /register``: the long-poll transport, a thin adapter over the service.
+
+Most of the traffic is this route, so it is kept flat: parse, subscribe, wait,
+encode, with no per-poll object beyond what those steps need. The server's fast
+path reaches it through the web layer's ``respond()`` like every other route.
+"""
+from __future__ import annotations
+
+from . import protocol
+from .replies import JSON, Reply
+from .service import CometService
+
+
+class LongPoll:
+    """``GET /register`` over one :class:`~geventcomet.service.CometService`."""
+
+    def __init__(self, service: CometService) -> None:
+        self.service = service
+
+    def register(self, environ: dict) -> Reply:
+        """Answer one poll: events, or a timeout, or (at shutdown) 503 "reconnect" with the cursor."""
+        service = self.service
+        service.refuse_if_full()
+        req = service.parse_register(environ.get("QUERY_STRING", ""))
+        client, channels, positions = service.subscribe(req)
+        result = service.wait(channels, positions, req.cursor.epoch, req.timeout_s,
+                              environ.get("geventcomet.socket") or environ.get("gunicorn.socket"))
+        cursor = protocol.encode_cursor(result.epoch, result.positions)
+        if result.shutting_down:
+            body = protocol.json_bytes({"error": "server is shutting down; poll again with this cursor",
+                                        "reconnect": True, "cursor": cursor, "client": client})
+            return (503, body, JSON, (("Retry-After", str(service.reconnect_after_s)), ("Connection", "close")))
+        stats = service.stats
+        stats.polls += 1
+        stats.delivered += len(result.events)
+        stats.timeouts += result.timeout
+        return (200, protocol.encode_poll_reply(result.events, cursor, timeout=result.timeout,
+                                                recovered=result.recovered, client=client,
+                                                epoch=result.epoch), JSON, ())

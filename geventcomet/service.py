@@ -1,0 +1,257 @@
+"""The Comet service: subscribe, wait, publish, with no HTTP.
+
+:class:`CometService` owns the :class:`~geventcomet.hub.Hub` (the parked requests),
+the backend (the events), the counters and the limits. Every transport (the
+long-poll in :mod:`geventcomet.poll`, the SSE stream in :mod:`geventcomet.stream`)
+is a thin adapter over it, and tests drive it without a socket.
+
+Errors are :class:`~geventcomet.errors.CometError` (each with its HTTP status, which
+a transport may render or map): a backend failure is always
+:class:`~geventcomet.errors.Unavailable` (503), a bound of the backend a 503 with
+its own message and ``Retry-After: 10``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Mapping, NamedTuple, cast
+
+import gevent
+from gevent.event import Event
+
+from . import misbehaviour, protocol
+from .backends import Backend
+from .config import FD_RESERVE, Config
+from .errors import BackendError, CometError, LimitReached, NotFound, Unavailable
+from .hub import Hub
+from .longpoll import PollResult, hold
+from .peer import Peer
+
+log = logging.getLogger(__name__)
+
+#: Retry-After of a request refused by a bound of the backend (channels, clients, keys).
+LIMIT_RETRY_S = 10
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Count watches (the ``/stats?waiting=N`` test hook) held at once; more get 503.
+MAX_COUNT_WATCHES = 8
+
+#: A subscription: the client id, its channels (the private one last), a position per channel.
+Subscription = tuple[str, tuple[str, ...], dict[str, "int | None"]]
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since start, for ``GET /stats``."""
+
+    published: int = 0
+    delivered: int = 0  # events written to clients
+    polls: int = 0  # register replies sent
+    timeouts: int = 0
+    disconnects: int = 0
+    gc_collections: int = 0  # cyclic collections, and the seconds they took (server process only)
+    gc_s: float = 0.0
+    accept_pauses: int = 0  # times accepting paused because the process ran out of open files
+
+
+@dataclass(slots=True)
+class StreamCounts:
+    """Open streams (kept by the stream transport), for ``held`` and ``/stats``."""
+
+    open: int = 0
+    opened: int = 0  # since start
+    #: Open streams parked in the hub now; the others are writing (or blocked on a slow
+    #: reader): ``open - parked`` is what the hub's count misses.
+    parked: int = 0
+
+
+class Published(NamedTuple):
+    """Where a publish went: the channel, the event's id, and the requests it woke."""
+
+    channel: str
+    seq: int
+    woken: int
+
+
+def unavailable(exc: BackendError) -> Unavailable:
+    """The 503 for a backend failure: a bound (freed as state ages out) says which one."""
+    if isinstance(exc, LimitReached):
+        return Unavailable(str(exc), retry_after_s=LIMIT_RETRY_S)
+    return Unavailable(f"backend unavailable: {exc}")
+
+
+def fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class CometService:
+    """Channels, clients and waiting, for every transport. One per server process."""
+
+    def __init__(self, config: Config, backend: Backend, hub: Hub | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.hub = hub or Hub()
+        self.stats = Stats()
+        self.streams = StreamCounts()
+        self.started = time.monotonic()
+        fd_cap = max(fd_limit() - FD_RESERVE, 1)  # each held request holds a socket
+        if config.max_waiting > fd_cap:
+            log.warning("max_waiting %d is above the open-file limit less %d; using %d",
+                        config.max_waiting, FD_RESERVE, fd_cap)
+        #: Requests held at once; more are refused (503) by :meth:`refuse_if_full`.
+        self.max_waiting = min(config.max_waiting or fd_cap, fd_cap)
+        #: Seconds a client told to reconnect at shutdown waits: 1 when the whole server
+        #: stops, 0 when a restart hands this process's clients to others already listening.
+        self.reconnect_after_s = 1
+        #: More numbers for :meth:`snapshot`: each callable returns a dict merged into it
+        #: (the HTTP server adds its connection counts here).
+        self.stats_sources: list[Callable[[], dict]] = []
+        self._count_watches = 0
+        self._stopping = Event()
+        self.backend.start(self.hub.wake, self.hub.wake_all, self.hub.waiter_count)  # a waited-on channel is kept
+        self._housekeeper = gevent.spawn(self._expire_registrations)
+
+    def close(self) -> None:
+        """Stop housekeeping and release the backend."""
+        self._stopping.set()
+        self._housekeeper.join(timeout=1)
+        self.backend.close()
+
+    # -- subscribing and waiting ---------------------------------------------
+
+    def held(self) -> int:
+        """Requests held now: parked polls and streams, and open streams that are writing."""
+        streams = self.streams
+        return self.hub.waiting + streams.open - streams.parked
+
+    def refuse_if_full(self) -> None:
+        """503 + Retry-After when ``max_waiting`` requests are held already."""
+        if self.held() >= self.max_waiting:
+            raise Unavailable(f"server is at capacity ({self.max_waiting} waiting requests); retry later")
+
+    def parse_register(self, query: str, *, resumable: bool = False,
+                       last_event_id: str | None = None) -> protocol.RegisterRequest:
+        """A register query validated against this server's limits (see ``protocol.parse_register``)."""
+        config = self.config
+        return protocol.parse_register(query, default_timeout_s=config.timeout_s, max_timeout_s=config.max_timeout_s,
+                                       max_channels=config.max_channels, resumable=resumable,
+                                       last_event_id=last_event_id)
+
+    def subscribe(self, req: protocol.RegisterRequest) -> Subscription:
+        """Register (or refresh) the request's client, minting an id if it has none; its
+        channels are the request's and its private one, each at the cursor's position."""
+        client = req.client or secrets.token_urlsafe(12)
+        channels = (*req.channels, protocol.private_channel(client))
+        try:
+            self.backend.register(client)
+        except BackendError as exc:
+            raise unavailable(exc) from None
+        positions = req.cursor.positions
+        return client, channels, {channel: positions.get(channel) for channel in channels}
+
+    def refresh(self, client: str) -> None:
+        """Keep ``client``'s registration alive (activity on a stream counts as a poll)."""
+        try:
+            self.backend.register(client)
+        except BackendError as exc:
+            raise unavailable(exc) from None
+
+    def wait(self, channels: tuple[str, ...], positions: Mapping[str, int | None], epoch: str | None,
+             timeout_s: float, sock: Peer | socket.socket | None) -> PollResult:
+        """The events after ``positions`` now, or when a publish brings some, or none at
+        ``timeout_s``; :class:`~geventcomet.errors.ClientGone` if ``sock`` hangs up first."""
+        try:
+            return hold(self.hub, self.backend, channels, positions, epoch, timeout_s, sock)
+        except BackendError as exc:
+            raise unavailable(exc) from None
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(self, req: protocol.NotifyRequest, idempotency_key: str | None = None) -> Published:
+        """Store the event and wake its channel's waiters (via the backend's wake-up)."""
+        if req.client is not None:
+            if not self._backend(self.backend.is_registered, req.client):
+                raise NotFound(f"no registered client {req.client!r} (never registered, or expired)")
+            channel = protocol.private_channel(req.client)
+        else:
+            channel = cast(str, req.channel)  # parse_notify gives exactly one of the two
+        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        woken = self.hub.waiter_count(channel)
+        seq = self._backend(self.backend.publish, channel, req.data_json, idempotency_key)
+        self.stats.published += 1
+        log.debug("published %s#%d to %d waiters", channel, seq, woken)
+        return Published(channel, seq, woken)
+
+    # -- looking on ----------------------------------------------------------
+
+    def channels(self, limit: int = 200) -> list[tuple[str, int]]:
+        """Public channels (the backend's first ``limit``, and every one waited on), with waiters."""
+        waiting = self.hub.channel_waiters()
+        names = set(self._backend(self.backend.channel_names, limit)) | {c for c in waiting if c[0] != "@"}
+        return [(name, waiting.get(name, 0)) for name in sorted(names)]
+
+    def unready_reason(self) -> str | None:
+        """Why this process should get no new clients now (draining, backend unhealthy), or None."""
+        return "draining: the server is stopping" if self.hub.closing else self.backend.health()
+
+    def wait_for_waiting(self, count: int, timeout_s: float) -> None:
+        """Block until ``count`` requests are parked, or ``timeout_s`` (a test instrument:
+        woken once when the count is reached, not on every park and unpark)."""
+        if self.hub.waiting >= count:
+            return
+        if self._count_watches >= MAX_COUNT_WATCHES:
+            raise Unavailable(f"at most {MAX_COUNT_WATCHES} /stats?waiting requests at once")
+        self._count_watches += 1
+        reached = self.hub.watch_count(count)
+        try:
+            reached.wait(timeout_s)
+        finally:
+            self.hub.unwatch_count(count)
+            self._count_watches -= 1
+
+    def snapshot(self) -> dict:
+        """The numbers ``/stats`` serves."""
+        counts = self._backend(self.backend.counts)
+        fanout = self.hub.last_fanout
+        extra: dict = {}
+        for source in self.stats_sources:
+            extra.update(source())
+        return {**extra, "waiting": self.hub.waiting, "held": self.held(), **counts, **asdict(self.stats),
+                "streams": self.streams.open, "streams_opened": self.streams.opened,
+                "misbehaviour": dict(misbehaviour.clients.counts),
+                "last_fanout": fanout and {"waiters": fanout.waiters, "started_unix": fanout.started,
+                                           "ms": round((fanout.ended - fanout.started) * 1000, 3)},
+                "uptime_s": round(time.monotonic() - self.started, 3), "rss_bytes": rss_bytes(),
+                "max_waiting": self.max_waiting, "epoch": self.backend.epoch}
+
+    # -- internals -----------------------------------------------------------
+
+    def _backend(self, method: Callable, *args: object):  # noqa: ANN202 (the method's own result)
+        try:
+            return method(*args)
+        except BackendError as exc:
+            raise unavailable(exc) from None
+
+    def _expire_registrations(self) -> None:
+        period = min(self.config.client_ttl_s / 4, 30.0)
+        while not self._stopping.wait(period):
+            try:
+                gone = self.backend.expire_idle()
+            except BackendError as exc:
+                log.warning("could not expire registrations: %s", exc)
+                continue
+            if gone:
+                log.debug("expired %d idle client registrations", len(gone))
