@@ -44,6 +44,12 @@ class CometApp:
     def __init__(self, service: CometService) -> None:
         self.service = service
         self.config = service.config
+        # The service's parts, as the server process (and tests) reach them from the app.
+        self.hub: Hub = service.hub
+        self.backend: Backend = service.backend
+        self.stats: Stats = service.stats
+        self.stats_sources: list[Callable[[], dict]] = service.stats_sources
+        self.max_waiting: int = service.max_waiting
         self._origins = service.config.cors_origin_set
         self._token = service.config.notify_token.encode()
         #: Headers added to every response (a worker process names itself here).
@@ -61,26 +67,6 @@ class CometApp:
             "/readyz": {"GET": self.readyz},
         }
         self.routes.update({path: {"GET": serve} for path, serve in pages.static_routes().items()})
-
-    @property
-    def hub(self) -> Hub:
-        return self.service.hub
-
-    @property
-    def backend(self) -> Backend:
-        return self.service.backend
-
-    @property
-    def stats(self) -> Stats:
-        return self.service.stats
-
-    @property
-    def stats_sources(self) -> list[Callable[[], dict]]:
-        return self.service.stats_sources
-
-    @property
-    def max_waiting(self) -> int:
-        return self.service.max_waiting
 
     @property
     def reconnect_after_s(self) -> int:
@@ -115,11 +101,24 @@ class CometApp:
         headers, socket) and writes the reply itself.
         """
         cors: Headers = ()
+        reply: Reply | Streamed
         try:
             if self.config.allowed_hosts:  # before anything else: a rebound name reaches no handler
                 security.check_host(self.config.allowed_hosts, environ.get("HTTP_HOST"))
             cors = self._cors_headers(environ)
-            reply = self._route(environ, cors)
+            methods = self.routes.get(environ.get("PATH_INFO", ""))
+            if methods is None:
+                raise NotFound(f"no such path: {environ.get('PATH_INFO', '')[:100]}")
+            method = environ["REQUEST_METHOD"]
+            if method in methods:
+                reply = methods[method](environ)
+            elif method == "HEAD" and "GET" in methods:
+                reply = methods["GET"](environ)
+            elif method == "OPTIONS":
+                reply = _preflight(methods, cors)
+            else:
+                allow = ", ".join(sorted(methods))
+                raise MethodNotAllowed(f"{method} is not allowed here; use {allow}", headers=(("Allow", allow),))
         except CometError as exc:
             reply = (exc.status, protocol.json_bytes({"error": exc.message}), JSON, exc.headers)
         except ClientGone:
@@ -134,23 +133,6 @@ class CometApp:
         status, body, content_type, headers = reply
         protection = security.shipped_page_headers() if content_type.startswith("text/html") else security.NOSNIFF
         return (status, body, content_type, (*headers, *cors, *self.extra_headers, *protection))
-
-    def _route(self, environ: dict, cors: Headers) -> Reply | Streamed:
-        methods = self.routes.get(environ.get("PATH_INFO", ""))
-        if methods is None:
-            raise NotFound(f"no such path: {environ.get('PATH_INFO', '')[:100]}")
-        method = environ["REQUEST_METHOD"]
-        if method in methods:
-            return methods[method](environ)
-        if method == "HEAD" and "GET" in methods:
-            return methods["GET"](environ)
-        if method == "OPTIONS":
-            allow = ", ".join(sorted({*methods, "OPTIONS"}))
-            return (204, b"", JSON, (("Allow", allow), *((("Access-Control-Allow-Methods", allow),
-                    ("Access-Control-Allow-Headers", _CORS_ALLOW_HEADERS),
-                    ("Access-Control-Max-Age", "600")) if cors else ())))
-        allow = ", ".join(sorted(methods))
-        raise MethodNotAllowed(f"{method} is not allowed here; use {allow}", headers=(("Allow", allow),))
 
     def _cors_headers(self, environ: dict) -> Headers:
         origin = environ.get("HTTP_ORIGIN")
@@ -219,6 +201,13 @@ class CometApp:
 
     def _token_ok(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self._token)
+
+
+def _preflight(methods: dict[str, Route], cors: Headers) -> Reply:
+    allow = ", ".join(sorted({*methods, "OPTIONS"}))
+    return (204, b"", JSON, (("Allow", allow), *((("Access-Control-Allow-Methods", allow),
+            ("Access-Control-Allow-Headers", _CORS_ALLOW_HEADERS),
+            ("Access-Control-Max-Age", "600")) if cors else ())))
 
 
 def _unread_body(exc: CometError, abandon: Callable[[], None]) -> CometError:

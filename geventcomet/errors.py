@@ -1,7 +1,8 @@
 """Errors a client can cause, each carrying its HTTP status.
 
-The app renders any :class:`CometError` as ``{"error": message}`` with its status;
-anything else is a bug, logged with its traceback and answered with a generic 500.
+The web layer (:mod:`geventcomet.app`) renders any :class:`CometError` as
+``{"error": message}`` with its status; anything else is a bug, logged with its
+traceback and answered with a generic 500.
 """
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ at the timeout, and an I/O watcher on the client's socket. Each request owns its
 timer and watcher, so nothing scans waiters to expire them, and a client that hangs
 up is noticed as soon as its FIN or RST arrives (pywsgi alone would hold it until
 the timeout).
+
+This is the wait under every transport: :meth:`CometService.wait
+<geventcomet.service.CometService.wait>` calls :func:`hold`.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """``GET /stream``: the channels as Server-Sent Events, for ``EventSource``.
 
 The same promise as the long-poll: the same channels, the same backlog, nothing
-lost between reconnects. The stream is a loop of :func:`~geventcomet.longpoll.hold`
-calls whose timeout is the heartbeat period; each batch it returns is written as
-SSE frames, and a timeout is written as a comment line that keeps proxies from
+lost between reconnects. The stream is a loop of the service's ``wait`` calls
+whose timeout is the heartbeat period; each batch it returns is written as SSE
+frames, and a timeout is written as a comment line that keeps proxies from
 closing an idle stream.
 
 Resuming
