@@ -4,6 +4,7 @@ Everything runs against the session's private redis-server (tests/services.py),
 which really is stopped and started again; servers are real, on loopback ports.
 """
 import json
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,8 @@ import requests
 from gevent.event import Event
 
 from geventcomet import Config
-from geventcomet.backends import open_backend
+from geventcomet.backends import EMPTY_PAGE, open_backend
+from geventcomet.backends import redis_scripts as scripts
 from geventcomet.errors import BackendError
 
 from .helpers import Changes, Comet
@@ -224,3 +226,20 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
     gevent.joinall(clients, timeout=30, raise_error=True)
     assert len(received) == 300
     assert statuses.count(200) == 900, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_each_script_is_given_exactly_the_keys_and_arguments_it_reads():
+    """Each ``*_args`` builds its script's layout; a slot added to one and not the other fails here."""
+    settings = scripts.StreamSettings.of(Config(), "origin")
+    calls = {  # script -> (its call, whether it reads a variable number of ARGV)
+        "PUBLISH": (scripts.publish_args(settings, "c", b"p", b"s", "k", ""), False),
+        "READ": (scripts.read_args("c", 1, "e", EMPTY_PAGE, "cand", 1000, ""), False),
+        "REGISTER": (scripts.register_args(3, {"a": 1.0}), True),
+        "EXPIRE": (scripts.expire_args(1.0, 10), False),
+        "SWEEP": (scripts.sweep_args(["x"]), True),
+    }
+    for name, ((keys, args), variable) in calls.items():
+        text = getattr(scripts, name)
+        assert max(int(n) for n in re.findall(r"KEYS\[(\d+)\]", text)) == len(keys), name
+        highest = max(int(n) for n in re.findall(r"ARGV\[(\d+)\]", text))
+        assert highest <= len(args) if variable else highest == len(args), name
