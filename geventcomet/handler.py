@@ -29,7 +29,7 @@ reply). This handler adds:
   in middleware, or in ``wsgiref.validate``) gets every request through WSGI;
 - after a reply sent while the hub wakes a fan-out (``Hub.waking``), one yield, so
   the hub's loop sends the next waiter's reply before this request goes back to
-  pywsgi's loop (~10 us per waiter, after the last send, measured at 5,000 waiters).
+  pywsgi's loop (~10 us per waiter, after the last send).
 
 Client faults (bad heads, timeouts, slow readers, hang-ups mid-body) are noted in
 :mod:`geventcomet.misbehaviour`, never logged as tracebacks.
