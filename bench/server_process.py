@@ -1,24 +1,22 @@
 """A geventcomet server in a child process, and what the benchmarks read from it.
 
-The server logs its start-up at INFO (the "listening on" line gives the port it
-picked); it logs nothing per request at INFO, so INFO costs the benchmark nothing.
+The server announces the port it picked over a readiness pipe (:mod:`geventcomet.ready`).
+It logs its start-up at INFO and nothing per request, so INFO costs the benchmark nothing.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 from subprocess import DEVNULL, PIPE
 
 import gevent
 from gevent import subprocess
-from gevent.event import Event
 
+from geventcomet.ready import ReadyPipe
 from loadclient.httpconn import Connection, HTTPError
 
-_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)/")
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -26,28 +24,31 @@ class ServerProcess:
     """``python -m geventcomet serve --port 0 [args]``; ``url`` once it listens."""
 
     def __init__(self, *args: str, ready_timeout_s: float = 20.0) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "geventcomet", "serve", "--port", "0",
-                                      "--log-level", "INFO", *args],
-                                     stdout=DEVNULL, stderr=PIPE, text=True)
-        self.url = ""
+        pipe = ReadyPipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "geventcomet", "serve", "--port", "0",
+                                          "--log-level", "INFO", *args],
+                                         stdout=DEVNULL, stderr=PIPE, text=True,
+                                         env={**os.environ, **pipe.child_env()}, pass_fds=pipe.pass_fds)
+        except BaseException:
+            pipe.close()
+            raise
         self.log: list[str] = []
-        self._ready = Event()
         self._reader = gevent.spawn(self._drain)
-        if not self._ready.wait(ready_timeout_s) or not self.url:
+        try:
+            announced = pipe.wait(ready_timeout_s)
+        except (TimeoutError, ValueError):
+            announced = None
+        if announced is None:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.log))
-        host, port = self.url[len("http://"):].split(":")
-        self._stats_conn = Connection(host, int(port), timeout_s=30)
+        self.url = announced.url
+        self._stats_conn = Connection(announced.host, announced.port, timeout_s=30)
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
             if len(self.log) < 1000:
                 self.log.append(line)
-            match = _LISTENING.search(line)
-            if match and not self.url:
-                self.url = f"http://{match.group(1)}:{match.group(2)}"
-                self._ready.set()
-        self._ready.set()
 
     def stats(self) -> dict:
         """The server's ``GET /stats`` (one retry: the server may have closed an idle keep-alive)."""

@@ -2,6 +2,11 @@
 
 This is the only module that monkey-patches (first, before anything imports
 sockets); logging is configured by :func:`geventcomet.logs.configure_logging`.
+The configuration is read here, at the edge (flags over ``GEVENTCOMET_*`` variables),
+and the command chooses the process shape: one server process (:mod:`geventcomet.server`)
+or a supervisor of ``--workers`` processes (:mod:`geventcomet.supervisor`). Either
+announces where it listens to a parent that gave it a readiness pipe
+(:mod:`geventcomet.ready`, ``GEVENTCOMET_READY_FD``).
 """
 from gevent import monkey
 
@@ -13,6 +18,7 @@ import functools  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+from . import ready  # noqa: E402
 from .config import ENV_PREFIX, Config, parse_value  # noqa: E402
 from .logs import configure_logging  # noqa: E402
 
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.pop("command")
     try:
         config = Config.from_env(**args)
+        ready_fd = ready.take_fd()
     except (TypeError, ValueError) as exc:
         print(f"geventcomet: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -54,9 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("the notify token was given on the command line, where ps shows it to every user "
                     "of this machine: use --notify-token-file PATH or GEVENTCOMET_NOTIFY_TOKEN instead")
     if command == "serve":
-        from .server import serve
-        return serve(config)
+        return serve(config, ready_fd)
     return 2
+
+
+def serve(config: Config, ready_fd: int | None = None) -> int:
+    """One server process, or a supervisor of ``config.workers`` processes; the exit status."""
+    if config.workers > 1:
+        from .supervisor import run_workers
+        return run_workers(config, ready_fd)
+    from .server import serve as serve_one
+    return serve_one(config, ready_fd=ready_fd)
 
 
 if __name__ == "__main__":

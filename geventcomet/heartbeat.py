@@ -9,8 +9,8 @@ so the byte comes only while its loop turns; the supervisor waits on every pipe
 (:func:`watch`) and kills (SIGKILL) a worker silent for ``--worker-stall-timeout``; the
 worker's keeper then starts a replacement. The timeout must be longer than the longest
 loop turn: one fan-out wakes every waiter of a channel in one turn (100,000 took 3-4 s
-here), hence the default of 10 s. The same pipe tells a worker that its supervisor is
-gone (the write fails).
+here), hence the default of 10 s. The same pipe is how a worker learns that its
+supervisor is gone (the write fails with EPIPE), the one mechanism for that.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import logging
 import os
 import subprocess
 import time
+from typing import MutableMapping
 
 import gevent
 from gevent.event import Event
@@ -38,11 +39,16 @@ def watch(proc: subprocess.Popen, beat_read: int, ready: Event, stall_s: float, 
     """
     os.set_blocking(beat_read, False)
     last_beat = time.monotonic()
+    listened = False
     try:
         while True:
             # Until it listens, a worker may be importing or connecting: the start-up bound applies.
+            # The stall bound counts from when it listens at the earliest: a worker whose start took
+            # longer than stall_s has not beaten yet, and is not stuck for that.
+            if not listened and ready.is_set():
+                listened, last_beat = True, max(last_beat, time.monotonic())
             silent_s = time.monotonic() - last_beat
-            limit_s = stall_s if ready.is_set() else start_timeout_s
+            limit_s = stall_s if listened else start_timeout_s
             if silent_s >= limit_s:
                 if proc.poll() is None:
                     log.warning("worker pid %d has not answered for %.1f s (stopped or stuck); "
@@ -64,22 +70,31 @@ def watch(proc: subprocess.Popen, beat_read: int, ready: Event, stall_s: float, 
         os.close(beat_read)
 
 
-def beat(beat_write: int | None, parent: int, stop: Event) -> None:
-    """Tell the supervisor this loop turns; stop if the supervisor is gone."""
-    if beat_write is not None:
-        os.set_blocking(beat_write, False)
+def take_fd(environ: MutableMapping[str, str] = os.environ) -> int | None:
+    """The heartbeat pipe's write end this worker inherited (None: no supervisor), out of ``environ``."""
+    raw = environ.pop(ENV, None)
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def beat(beat_write: int | None, stop: Event) -> None:
+    """Tell the supervisor this loop turns; set ``stop`` once the supervisor is gone.
+
+    The supervisor holds the only read end: when it exits, however it dies (SIGKILL
+    included), the next write fails with EPIPE (Python ignores SIGPIPE), so a worker
+    learns within :data:`INTERVAL_S` that nobody supervises it. No other check is needed.
+    """
+    if beat_write is None:
+        return
+    os.set_blocking(beat_write, False)
     while True:  # also while stopping: a graceful stop takes a while, and is not a stall
         gevent.sleep(INTERVAL_S)
-        gone = os.getppid() != parent
-        if beat_write is not None and not gone:
-            try:
-                os.write(beat_write, b".")
-            except BlockingIOError:
-                pass  # the supervisor is behind reading; it will see the pipe is not empty
-            except OSError:  # EPIPE: nobody reads it any more
-                gone = True
-        if gone:
+        try:
+            os.write(beat_write, b".")
+        except BlockingIOError:
+            pass  # the supervisor is behind reading; it will see the pipe is not empty
+        except OSError:  # EPIPE: nobody reads it any more
             if not stop.is_set():
-                log.warning("the supervisor (pid %d) is gone; stopping", parent)
+                log.warning("the supervisor is gone (its heartbeat pipe is closed); stopping")
                 stop.set()
+            os.close(beat_write)
             return

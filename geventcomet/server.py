@@ -1,11 +1,21 @@
-"""Run the app on gevent's WSGI server, and stop it without losing anyone.
+"""One server process: the app on gevent's WSGI server, started, announced, and stopped
+without losing anyone.
+
+This module serves ONE process and knows nothing of workers: ``geventcomet serve``
+(:mod:`geventcomet.cli`) runs :func:`serve` here, or :mod:`geventcomet.supervisor` when
+``--workers`` is above 1, whose workers (:mod:`geventcomet.workers`) run :func:`serve` again.
+
+Once it listens, :func:`serve` logs a "listening on" line for people and announces its
+address to the parent that asked, over the readiness pipe (:mod:`geventcomet.ready`).
 
 Graceful stop (SIGTERM or SIGINT): close the listener, wake every held request
 with a "reconnect" reply that keeps its cursor (503, ``Retry-After: 1``, or 0 when a
 restart hands the clients to other workers), wait for
 those replies to go out, close what is left (idle keep-alive connections), exit 0.
-Plain ``WSGIServer.stop`` would instead drop held clients with an EOF or a 500
-(PITFALLS B5).
+Plain ``WSGIServer.stop`` would not do this: it closes the listener, waits up to its
+``stop_timeout`` for the handler greenlets and then kills them, so a request held
+for a notify is cut without a reply (its client sees the connection close, with
+nothing that says "poll again").
 """
 from __future__ import annotations
 
@@ -23,7 +33,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from . import misbehaviour
+from . import misbehaviour, ready
 from .app import CometApp, Stats, make_app
 from .config import Config
 from .errors import BackendError
@@ -196,6 +206,21 @@ def make_server(config: Config, app: CometApp | None = None, listener=None) -> C
     return CometServer(listener, app, config)
 
 
+class CollectionCounter:
+    """A ``gc.callbacks`` entry that counts every collection and its duration into ``stats``."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.started = 0.0
+
+    def __call__(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.stats.gc_collections += 1
+            self.stats.gc_s += time.perf_counter() - self.started
+
+
 def tune_gc(stats: Stats | None = None) -> None:
     """Make the cyclic garbage collector cheap for a process full of parked requests.
 
@@ -209,46 +234,48 @@ def tune_gc(stats: Stats | None = None) -> None:
     in 8 rounds, against 98 (0.78 s) with 10,000; before fan-outs yielded after each
     send, 0 against 56 (1.17 s). Only the server process does this, never the library.
     With ``stats``, every collection is counted there with its duration (``gc_collections``,
-    ``gc_s`` in /stats).
+    ``gc_s`` in /stats). Idempotent: a second call replaces the counter, never adds one.
     """
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     if stats is not None:
-        started = [0.0]
-
-        def count(phase: str, _info: dict) -> None:
-            if phase == "start":
-                started[0] = time.perf_counter()
-            else:
-                stats.gc_collections += 1
-                stats.gc_s += time.perf_counter() - started[0]
-
-        gc.callbacks.append(count)
+        gc.callbacks[:] = [cb for cb in gc.callbacks if not isinstance(cb, CollectionCounter)]
+        gc.callbacks.append(CollectionCounter(stats))
 
 
 def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str], ...] = (),
-          stop: Event | None = None, handover: Event | None = None) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop``), then stop gracefully. Returns the exit status.
+          stop: Event | None = None, handover: Event | None = None, ready_fd: int | None = None) -> int:
+    """Serve ONE process until SIGTERM/SIGINT (or ``stop``), then stop gracefully; the exit status.
 
     ``listener`` is a bound socket to serve on (a worker's SO_REUSEPORT socket);
     ``extra_headers`` go on every response (a worker names itself). If ``handover`` is
     set when the stop comes, other workers are listening: held clients are told to poll
-    again at once (``Retry-After: 0``) instead of in a second.
+    again at once (``Retry-After: 0``) instead of in a second. Once listening, the address
+    is announced on ``ready_fd`` (:mod:`geventcomet.ready`); a start that fails closes it.
+    Several processes (``config.workers`` > 1) are :mod:`geventcomet.supervisor`'s job.
     """
+    if config.workers > 1 and listener is None:
+        raise ValueError("server.serve() runs one process: run geventcomet.supervisor.run_workers() "
+                         f"for --workers {config.workers}")
     raise_open_file_limit()
     try:
-        if config.workers > 1 and listener is None:  # a supervisor of N processes running this
-            from .workers import run_workers
-            return run_workers(config)
         server = make_server(config, listener=listener)
     except (OSError, ValueError, BackendError) as exc:
         log.error("cannot start: %s", exc)
+        ready.withdraw(ready_fd)
         return 1
     server.app.extra_headers = extra_headers
     tune_gc(server.app.stats)
-    server.start()
+    try:
+        server.start()  # binds here when given an address
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        ready.withdraw(ready_fd)
+        server.app.close()
+        return 1
     log.info("geventcomet listening on http://%s:%d/ (max %d waiting requests)",
              server.server_host, server.server_port, server.app.max_waiting)
+    ready.announce(ready_fd, server.server_host, server.server_port)
     stop = stop or Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)

@@ -13,33 +13,36 @@ thing as a factory: ``gunicorn 'geventcomet.wsgi:create_app()'``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 from .app import CometApp, make_app
+from .backends import backend_class
 from .config import Config
+from .security import mask_credentials
 
 log = logging.getLogger(__name__)
 
-_app = None
 
-
-def create_app() -> CometApp:
-    """Build the app from the environment; each response names its worker process."""
-    from .workers import worker_headers
-    config = Config.from_env()
-    if config.backend.split(":", 1)[0].lower() != "redis":
+def create_app(config: Config | None = None) -> CometApp:
+    """Build the app (from the environment unless ``config`` is given); each response names
+    its worker process."""
+    from .workers import worker_headers  # not at the top: gunicorn's master imports no server
+    config = config if config is not None else Config.from_env()
+    if not backend_class(config.backend).shared:
         log.warning("backend %s is not shared between processes: run ONE worker with it, "
-                    "or use redis:// for several", config.backend)
+                    "or use redis:// for several", mask_credentials(config.backend))
     comet = make_app(config)
     comet.extra_headers = worker_headers()
     return comet
 
 
+#: The app of this process, built on first use.
+built_app = functools.cache(create_app)
+
+
 def __getattr__(name: str):
     # Lazy, so importing this module (or gunicorn's master) builds nothing.
-    global _app
     if name in ("app", "application"):
-        if _app is None:
-            _app = create_app()
-        return _app
+        return built_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

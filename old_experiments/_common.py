@@ -1,5 +1,10 @@
-"""Pieces the experiments share. Standard library only, no gevent, no monkey-patching:
-the thread-based servers import this in a process where threads must stay real OS threads.
+"""Pieces the experiments share. No gevent and no monkey-patching: the thread-based
+servers import this in a process where threads must stay real OS threads.
+
+Every server here announces where it listens the way geventcomet does, over the
+readiness pipe of :mod:`geventcomet.ready` (standard library only; importing
+geventcomet patches nothing), so :class:`Child` starts any of them, geventcomet
+included, and learns its port without reading its log.
 """
 from __future__ import annotations
 
@@ -7,18 +12,16 @@ import argparse
 import http.server
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from geventcomet import ready
+
 log = logging.getLogger("old_experiments")
 
-#: Every server logs this line on stderr once it listens (the same line geventcomet logs),
-#: so one parser finds the port of any of them.
-LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)/")
 #: Linux clock ticks per second, for the CPU times in /proc/PID/stat.
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,8 +40,10 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
-def log_listening(host: str, port: int, what: str) -> None:
+def announce_listening(host: str, port: int, what: str) -> None:
+    """Log that this server listens, and announce it to the parent that asked (:mod:`geventcomet.ready`)."""
     log.info("%s listening on http://%s:%d/", what, host, port)
+    ready.announce(ready.take_fd(), host, port)
 
 
 #: The signals that stop a server.
@@ -105,7 +110,7 @@ class PooledHTTPServer(http.server.HTTPServer):
         ``on_stop`` (if given) runs once ``stopping`` is set, to wake blocked handlers.
         """
         block_stop_signals()  # before the accept thread starts (its pool threads inherit the mask)
-        log_listening(*self.server_address[:2], what)
+        announce_listening(*self.server_address[:2], what)
         accept = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
         accept.start()
         wait_for_stop(duration)
@@ -153,33 +158,39 @@ def os_threads(pid: int) -> int:
 class Child:
     """One of the experiment servers run as its own process; ``url`` once it listens.
 
-    Its stderr is drained by a thread (a greenlet when the caller is monkey-patched)
-    so the child never blocks on a full pipe; ``lines`` keeps what it logged.
+    It announces its address over a readiness pipe; a child that exits first fails at
+    once. Its stderr is drained by a thread (a greenlet when the caller is
+    monkey-patched) so the child never blocks on a full pipe; ``lines`` keeps what it logged.
     """
 
     def __init__(self, argv: list[str], ready_timeout: float = 20) -> None:
         self.lines: list[str] = []
         self._new_line = threading.Condition()
-        self._ready = threading.Event()
-        self.url = ""
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=child_env())
+        pipe = ready.ReadyPipe()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True, env={**child_env(), **pipe.child_env()},
+                                         pass_fds=pipe.pass_fds)
+        except BaseException:
+            pipe.close()
+            raise
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
-        if not self._ready.wait(ready_timeout) or not self.url:
+        try:
+            announced = pipe.wait(ready_timeout)
+        except (TimeoutError, ValueError):
+            announced = None
+        if announced is None:
             self.kill()
+            self._reader.join(5)
             raise RuntimeError(f"{argv} did not start:\n" + "".join(self.lines[-20:]))
+        self.url = announced.url
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
             with self._new_line:
                 self.lines.append(line)
                 self._new_line.notify_all()
-            match = LISTENING.search(line)
-            if match and not self.url:
-                self.url = f"http://{match.group(1)}:{match.group(2)}"
-                self._ready.set()
-        self._ready.set()
         with self._new_line:
             self._new_line.notify_all()
 

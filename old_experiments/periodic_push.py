@@ -41,11 +41,11 @@ from ._common import (
     PooledHTTPServer,
     QuietHandler,
     add_server_args,
+    announce_listening,
     block_stop_signals,
     cpu_seconds,
     format_table,
     log,
-    log_listening,
     open_get,
     os_threads,
     python_module,
@@ -217,7 +217,7 @@ def serve_greenlets(host: str, port: int, interval: float, duration: float) -> N
     from gevent.event import Event
 
     server, streams = make_greenlet_server(host, port, interval)
-    log_listening(host, server.server_port, "periodic_push (greenlets)")
+    announce_listening(host, server.server_port, "periodic_push (greenlets)")
     stop = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop.set)

@@ -30,7 +30,7 @@ import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
-from ._common import add_server_args, cpu_seconds, log, log_listening, open_get, os_threads, setup_logging
+from ._common import add_server_args, announce_listening, cpu_seconds, log, open_get, os_threads, setup_logging
 
 #: Bounds on what a request may ask for, so no request trickles forever.
 MAX_CHUNKS = 1000
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--chunks must be 1..{MAX_CHUNKS} and --interval 0..{MAX_INTERVAL_S}")
 
     server, stopping = make_server(args.host, args.port, args.chunks, args.interval)
-    log_listening(args.host, server.server_port, "slow_trickle")
+    announce_listening(args.host, server.server_port, "slow_trickle")
     stop = Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop.set)

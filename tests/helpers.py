@@ -11,6 +11,7 @@ import gevent
 import requests
 from gevent.event import Event
 
+from geventcomet.ready import Announcement, ReadyPipe
 from geventcomet.server import CometServer
 
 
@@ -102,29 +103,38 @@ class RunningServer:
             self.server.stop_gracefully()
 
 
-_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)/")
-
-
 class ServerProcess:
     """``python -m geventcomet serve`` in a child process, on an ephemeral port.
 
-    Its log is drained by a greenlet; ``url`` is known once it logs that it listens.
+    It announces where it listens over a readiness pipe (:mod:`geventcomet.ready`), which
+    the constructor waits for: ``ready`` is the announcement (a supervisor's carries its
+    workers' pids), ``url`` its address. A server that fails before listening closes the
+    pipe: the constructor returns at once with ``ready`` None and ``urls`` empty, its log
+    complete. Its log is drained by a greenlet.
     """
 
     def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 15,
                  python_args: tuple[str, ...] = ("-m", "geventcomet")) -> None:
         self.log: list[str] = []
-        self.urls: list[str] = []
-        self._ready = Event()
         self._new_line = Event()
-        self.proc = subprocess.Popen(
-            [sys.executable, *python_args, "serve", "--port", "0", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})})
+        pipe = ReadyPipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, *python_args, "serve", "--port", "0", *args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, **(env or {}), **pipe.child_env()}, pass_fds=pipe.pass_fds)
+        except BaseException:
+            pipe.close()
+            raise
         self._reader = gevent.spawn(self._drain)
-        if not self._ready.wait(ready_timeout):
+        try:
+            self.ready: Announcement | None = pipe.wait(ready_timeout)
+        except (TimeoutError, ValueError) as exc:
             self.kill()
-            raise AssertionError("server did not start:\n" + "".join(self.log))
+            raise AssertionError(f"server did not start ({exc}):\n" + "".join(self.log)) from None
+        self.urls = [self.ready.url] if self.ready else []
+        if self.ready is None:  # it will not listen: let its last words reach the log
+            self._reader.join(timeout=ready_timeout)
 
     @property
     def url(self) -> str:
@@ -134,26 +144,27 @@ class ServerProcess:
         for line in self.proc.stderr:
             self.log.append(line)
             self._new_line.set()
-            match = _LISTENING.search(line)
-            if match:
-                self.urls.append(f"http://{match.group(1)}:{match.group(2)}")
-                self._ready.set()
-        self._ready.set()
         self._new_line.set()
 
-    def wait_log(self, pattern: str, timeout: float = 10) -> str:
-        """Block until a log line matches ``pattern``; return it."""
-        with gevent.Timeout(timeout, AssertionError(f"no log line like {pattern!r}:\n" + "".join(self.log))):
-            seen = 0
-            while True:
-                self._new_line.clear()
-                for line in self.log[seen:]:
-                    if re.search(pattern, line):
-                        return line
-                seen = len(self.log)
-                if self.proc.poll() is not None and self._reader.dead:
-                    raise AssertionError(f"server exited; no log line like {pattern!r}")
-                self._new_line.wait()
+    def wait_log(self, pattern: str, timeout: float = 10, since: int = 0) -> str:
+        """Block until a log line matches ``pattern`` (from line ``since`` on); return it."""
+        deadline = gevent.Timeout(timeout)
+        try:
+            with deadline:
+                seen = since
+                while True:
+                    self._new_line.clear()
+                    for line in self.log[seen:]:
+                        if re.search(pattern, line):
+                            return line
+                    seen = len(self.log)
+                    if self.proc.poll() is not None and self._reader.dead:
+                        raise AssertionError(f"server exited; no log line like {pattern!r}")
+                    self._new_line.wait()
+        except gevent.Timeout as expired:
+            if expired is not deadline:
+                raise
+            raise AssertionError(f"no log line like {pattern!r}:\n" + "".join(self.log)) from None
 
     def terminate(self, timeout: float = 10) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -54,9 +54,9 @@ def workers(redis_url):
     running = []
 
     def start(n=2, *args):
-        proc = ServerProcess("--workers", str(n), "--backend", redis_url, "--test-hooks", *args)
+        proc = ServerProcess("--workers", str(n), "--backend", redis_url, "--test-hooks", *args, ready_timeout=40)
         running.append(proc)
-        proc.wait_log(rf"all {n} workers listening")
+        assert proc.ready is not None and len(proc.ready.workers) == n, "".join(proc.log)  # every one listens
         return proc
 
     yield start
@@ -84,25 +84,31 @@ def test_a_client_alternating_workers_misses_nothing(workers):
     two = session_on(server.url, avoid=one.worker)
     notifier = requests.Session()
     stop = gevent.event.Event()
+    polled = gevent.event.Event()  # set after each poll: the notifier's cue
     sent = []
 
     def notify_meanwhile():
+        # A few events after each poll's reply: they race the client's next poll, so some are
+        # published while it is between polls and some while it is held, on either worker.
         n = 0
-        while not stop.is_set() and n < 200:
-            n += 1
-            reply = notifier.post(server.url + "/notify", json={"channel": "news", "data": n}, timeout=5)
-            sent.append(reply.json()["id"])
-            gevent.sleep(0.002)
+        while polled.wait(10) and not stop.is_set():
+            polled.clear()
+            for _ in range(3):
+                n += 1
+                reply = notifier.post(server.url + "/notify", json={"channel": "news", "data": n}, timeout=5)
+                sent.append(reply.json()["id"])
 
     cursor = poll(one, server.url, "news", timeout=0, client="roamer")["cursor"]
     job = gevent.spawn(notify_meanwhile)
     got = []
     for i in range(30):
+        polled.set()
         reply = poll((one, two)[i % 2], server.url, "news", cursor, timeout=1, client="roamer")
         assert reply["recovered"] is True
         got.extend(e["id"] for e in reply["events"])
         cursor = reply["cursor"]
     stop.set()
+    polled.set()
     job.get(timeout=10)
     while len(got) < len(sent):  # drain what was published after the last poll
         reply = poll(two, server.url, "news", cursor, timeout=1, client="roamer")
@@ -154,7 +160,7 @@ def test_sigterm_to_the_parent_stops_every_worker_gracefully(workers):
 def test_sighup_recycles_every_worker_while_clients_poll_and_lose_nothing(workers):
     """Workers replaced one at a time under load: new pids, every event delivered once."""
     server = workers(2)
-    before = set(server.wait_log(r"all 2 workers listening").rsplit("(pids ", 1)[1].rstrip(")\n").split())
+    before = {str(pid) for pid in server.ready.workers}
     the_run = Run(Options(url=server.url, clients=40, channels=4, notify_rate=100, poll_timeout=5,
                           progress=0, duration=60))
     try:
@@ -281,11 +287,12 @@ def test_a_stopped_worker_is_killed_and_replaced(workers):
     and every new connection is answered again (SO_REUSEPORT kept sending some to the stopped one)."""
     server = workers(2, "--worker-stall-timeout", "1.5")
     stuck = session_on(server.url).worker
+    before_stop = len(server.log)
     os.kill(int(stuck), signal.SIGSTOP)
     try:
         server.wait_log(rf"worker pid {stuck} has not answered", timeout=15)
         server.wait_log(r"starting a replacement", timeout=15)
-        server.wait_log(r"listening on http://", timeout=15)
+        server.wait_log(r"worker \d+ \(pid \d+\) is listening", timeout=15, since=before_stop)  # the replacement
         answered = set()
         for _ in range(40):  # fresh connections, spread by the kernel over the two live workers
             with requests.Session() as http:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, ClassVar, Iterable, NamedTuple, cast
 
 from ..config import Config
 from ..security import mask_credentials
@@ -80,6 +80,9 @@ class Backend(abc.ABC):
 
     #: Set by subclasses: a short alphanumeric id that changes whenever history is lost.
     epoch: str
+    #: True when several processes may use it at once, each waking its own waiters on every
+    #: publish from any of them (``--workers N`` and gunicorn need that); False by default.
+    shared: ClassVar[bool] = False
     _config: Config
 
     def start(self, wake: Callable[[str], int], wake_all: Callable[[], int],
@@ -159,15 +162,22 @@ BACKENDS = {
 }
 
 
-def open_backend(config: Config) -> Backend:
-    """Build the backend named by ``config.backend`` (``memory``, ``sqlite:///..``, ``redis://..``)."""
-    scheme = config.backend.split(":", 1)[0].lower()
+def backend_class(url: str) -> "type[Backend]":
+    """The class that serves ``url`` (``memory``, ``sqlite:///..``, ``redis://..``), not yet built."""
+    scheme = url.split(":", 1)[0].lower()
     if scheme not in BACKENDS:
-        raise ValueError(f"unknown backend {mask_credentials(config.backend)!r}: "
+        raise ValueError(f"unknown backend {mask_credentials(url)!r}: "
                          "use memory, sqlite:///PATH or redis://HOST:PORT/DB")
     module_name, class_name = BACKENDS[scheme].split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ValueError(f"backend {scheme!r} is not available: {exc}") from None
-    return getattr(module, class_name)(config)
+    found: type[Backend] = getattr(module, class_name)
+    return found
+
+
+def open_backend(config: Config) -> Backend:
+    """Build the backend named by ``config.backend`` (``memory``, ``sqlite:///..``, ``redis://..``)."""
+    build = cast("Callable[[Config], Backend]", backend_class(config.backend))  # every backend takes its Config
+    return build(config)

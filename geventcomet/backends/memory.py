@@ -51,6 +51,8 @@ def encode_event(channel: str, seq: int, data_json: str) -> bytes:
 class MemoryBackend(Backend):
     """Everything in this process's memory; registrations and history end with it."""
 
+    shared = False  # each process would keep its own events, and wake only its own waiters
+
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._clock = clock

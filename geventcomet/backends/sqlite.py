@@ -75,6 +75,8 @@ __all__ = ["SQLiteBackend", "parse_url"]
 class SQLiteBackend(MemoryBackend):
     """Durable single-process backend. See the module docstring for the guarantees."""
 
+    shared = False  # one file, but a publish wakes only the waiters of the process that made it
+
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
         # The wall clock: kept events' ages must mean the same after a restart.
         super().__init__(config, clock=clock)
