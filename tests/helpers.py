@@ -113,7 +113,7 @@ class ServerProcess:
     complete. Its log is drained by a greenlet.
     """
 
-    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 15,
+    def __init__(self, *args: str, env: dict | None = None, ready_timeout: float = 40,
                  python_args: tuple[str, ...] = ("-m", "geventcomet")) -> None:
         self.log: list[str] = []
         self._new_line = Event()
