@@ -27,6 +27,7 @@ import resource
 import signal
 import socket
 import time
+from typing import Protocol
 
 import gevent
 from gevent.event import Event
@@ -34,7 +35,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
 from . import misbehaviour, ready
-from .app import CometApp, Stats, make_app
+from .app import CometApp, make_app
 from .config import Config
 from .errors import BackendError
 from .handler import CometHandler
@@ -206,10 +207,17 @@ def make_server(config: Config, app: CometApp | None = None, listener=None) -> C
     return CometServer(listener, app, config)
 
 
+class CollectionStats(Protocol):
+    """Where collections are counted: the app's stats (``gc_collections``, ``gc_s`` in /stats)."""
+
+    gc_collections: int
+    gc_s: float
+
+
 class CollectionCounter:
     """A ``gc.callbacks`` entry that counts every collection and its duration into ``stats``."""
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: CollectionStats) -> None:
         self.stats = stats
         self.started = 0.0
 
@@ -221,7 +229,7 @@ class CollectionCounter:
             self.stats.gc_s += time.perf_counter() - self.started
 
 
-def tune_gc(stats: Stats | None = None) -> None:
+def tune_gc(stats: CollectionStats | None = None) -> None:
     """Make the cyclic garbage collector cheap for a process full of parked requests.
 
     With the default thresholds (700, 10, 10) the collector re-traverses the objects of
