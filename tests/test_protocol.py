@@ -111,3 +111,38 @@ def test_body_length_is_checked_before_reading():
         protocol.check_body_length(None, True, 64)
     with pytest.raises(BadRequest):
         protocol.check_body_length("ten", False, 64)
+
+
+def resumable(query: str, last_event_id: str | None = None) -> protocol.RegisterRequest:
+    return protocol.parse_register(query, default_timeout_s=25, max_timeout_s=120, max_channels=16,
+                                   resumable=True, last_event_id=last_event_id)
+
+
+def test_a_resumable_register_resumes_from_the_header_then_the_query():
+    assert resumable("channel=a&since=e~a~1&last_event_id=e~a~2").cursor.positions == {"a": 2}
+    assert resumable("channel=a&last_event_id=e~a~2&last_event_id=e~a~3").cursor.positions == {"a": 2}
+    assert resumable("channel=a&last_event_id=e~a~2", last_event_id="e~a~5").cursor.positions == {"a": 5}
+    assert resumable("channel=a&last_event_id=7").cursor.positions == {"a": 7}  # one channel: a plain id
+    with pytest.raises(BadRequest, match="malformed cursor"):
+        resumable("channel=a", last_event_id="not a cursor")
+
+
+def test_a_resumable_register_finds_its_client_in_the_cursor():
+    assert resumable("", last_event_id="e~@me~3").client == "me"
+    assert resumable("client=you", last_event_id="e~@me~3").client == "you"  # the query's wins
+    assert resumable("channel=a", last_event_id="e~@me~3~@other~1").client is None  # two: neither
+    with pytest.raises(BadRequest, match="missing channel"):
+        resumable("", last_event_id="e~x~3")
+
+
+def test_last_event_id_means_nothing_to_a_long_poll():
+    req = protocol.parse_register("channel=a&last_event_id=e~a~2", default_timeout_s=25, max_timeout_s=120,
+                                  max_channels=16, last_event_id="e~a~3")
+    assert req.cursor.positions == {} and req.client is None
+
+
+def test_the_one_json_encoder_is_compact_utf8_and_strict():
+    assert protocol.json_bytes({"a": "é", "b": [1, None]}) == '{"a":"é","b":[1,null]}'.encode()
+    assert protocol.json_bytes({"bad": "\ud800"}) == b'{"bad":"?"}'  # never invalid UTF-8
+    with pytest.raises(ValueError):
+        protocol.json_bytes(float("inf"))
