@@ -30,7 +30,6 @@ from gevent.event import Event
 from . import heartbeat, ready
 from .config import Config
 from .logs import configure_logging
-from .server import LISTEN_BACKLOG, serve
 
 log = logging.getLogger("geventcomet.workers")
 
@@ -58,6 +57,9 @@ def worker_headers() -> tuple[tuple[str, str], ...]:
 
 def worker_main() -> None:
     """Entry point of a worker process (monkey-patched by :data:`WORKER_COMMAND`)."""
+    # Imported here: gunicorn's workers import this module for worker_headers() alone.
+    from .server import LISTEN_BACKLOG, serve
+
     config = Config(**json.loads(os.environ[WORKER_ENV]))
     configure_logging(config.log_level)
     ready_fd, beat_fd = ready.take_fd(), heartbeat.take_fd()
