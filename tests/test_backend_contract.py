@@ -1,6 +1,6 @@
 """One contract, three backends: memory, sqlite and redis pass the same tests.
 
-The recovery table is centrifuge's ``clientRecoverTests`` (PITFALLS §1.2): history
+The recovery table is centrifuge's ``clientRecoverTests`` (its ``broker_memory_test.go``): history
 size, age, publications and the client's position in; events and ``recovered`` out.
 Redis runs against the session's private redis-server, SQLite on a temporary file.
 """
