@@ -12,6 +12,10 @@ __all__ = ["CometApp", "Config", "make_app", "serve", "__version__"]
 
 
 def serve(config: Config) -> int:
-    """Run the server until SIGTERM/SIGINT; see :mod:`geventcomet.server`."""
-    from .server import serve as _serve
-    return _serve(config)
+    """Run the server until SIGTERM/SIGINT: one process (:mod:`geventcomet.server`), or with
+    ``config.workers > 1`` a supervisor of that many (:mod:`geventcomet.supervisor`)."""
+    if config.workers > 1:
+        from .supervisor import run_workers
+        return run_workers(config)
+    from .server import serve as serve_one
+    return serve_one(config)
