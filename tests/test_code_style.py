@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Kept strictly typed, as h11 keeps its core (STYLE.md §5): no I/O, no gevent magic.
+#: Kept strictly typed, as h11 keeps its protocol core: no I/O, no gevent magic.
 STRICT_MODULES = ["geventcomet/protocol.py", "geventcomet/hub.py", "geventcomet/errors.py",
                   "geventcomet/strictjson.py", "geventcomet/security.py", "geventcomet/http_rules.py",
                   "geventcomet/misbehaviour.py"]

@@ -7,8 +7,9 @@ counters, registrations, idempotency keys in memory), so a poll reads memory and
 waits for the disk. Every change is first committed to SQLite, and only then
 applied to memory, woken, and acknowledged: a notify answered 2xx is on disk.
 
-- **Off the hub.** sqlite3 calls are C calls that gevent cannot patch; a busy
-  database would freeze every client (PITFALLS §2.8). All of them run on ONE
+- **Off the hub.** sqlite3 calls are C calls that gevent cannot patch: one that
+  waits for a busy database (another process's lock, an fsync) would freeze every
+  client of the process for as long. All of them run on ONE
   dedicated native thread (a one-thread :class:`gevent.threadpool.ThreadPool`),
   and a greenlet waits for the result while the loop keeps serving others.
 - **Group commit.** One committer greenlet takes every change queued since its
