@@ -37,6 +37,16 @@ class Changes:
                 self._event.wait()
 
 
+def wait_parked(hub, count: int, timeout: float = 5.0) -> None:
+    """Block until exactly ``count`` requests are parked in ``hub``: woken by its changes, not polled."""
+    with gevent.Timeout(timeout, AssertionError(f"never {count} waiting (now {hub.waiting})")):
+        while True:
+            changed = hub.next_change()
+            if hub.waiting == count:
+                return
+            changed.wait()
+
+
 class Clock:
     """A wall clock the test moves by hand (``clock.now += 60``), for code that takes ``clock=``."""
 
@@ -91,12 +101,7 @@ class RunningServer:
 
     def wait_waiting(self, count: int, timeout: float = 5.0) -> None:
         """Block until exactly ``count`` requests are parked (woken by the hub, not polled)."""
-        with gevent.Timeout(timeout, AssertionError(f"never {count} waiting (now {self.hub.waiting})")):
-            while True:
-                changed = self.hub.next_change()
-                if self.hub.waiting == count:
-                    return
-                changed.wait()
+        wait_parked(self.hub, count, timeout)
 
     def stop(self) -> None:
         if not self.server.closed:

@@ -19,6 +19,8 @@ from geventcomet.errors import (
 )
 from geventcomet.service import LIMIT_RETRY_S, MAX_COUNT_WATCHES, CometService, Published
 
+from . import helpers
+
 BOUND_S = 10  # generous: only a hang waits this long
 
 
@@ -50,12 +52,7 @@ def subscribe(service, query: str):
 
 
 def wait_parked(service, count: int) -> None:
-    with gevent.Timeout(BOUND_S, AssertionError(f"never {count} parked")):
-        while True:
-            change = service.hub.next_change()
-            if service.hub.waiting == count:
-                return
-            change.wait()
+    helpers.wait_parked(service.hub, count, BOUND_S)
 
 
 def test_subscribe_mints_a_client_with_its_private_channel_last(service):
