@@ -18,6 +18,8 @@ setup(
         # hiredis: redis-py parses replies in C (the publish path was ~15% of server CPU in RESP parsing).
         "redis": ["redis>=5.0", "hiredis>=2.0"],
         "gunicorn": ["gunicorn>=22.0"],
+        # Subscriber and publisher tokens (--token-secret, --token-public-key); crypto for RS256/ES256.
+        "jwt": ["PyJWT[crypto]>=2.8"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -29,6 +31,8 @@ setup(
             "redis>=5.0",
             "hiredis>=2.0",
             "gunicorn>=22.0",
+            "PyJWT[crypto]>=2.8",
+            "flask>=3.0",
         ],
     },
     entry_points={"console_scripts": ["geventcomet = geventcomet.cli:main"]},

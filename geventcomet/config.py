@@ -66,6 +66,17 @@ class Config:
                              secret=True)
     notify_token_file: str = _opt("", "file whose first line is the notify token (read at start, "
                                       "and by each worker; keeps the token out of ps)")
+    token_secret: str = _opt("", "HS256 secret: subscriber and publisher JWTs signed with it are accepted "
+                                 "(empty, and no --token-public-key: channels are public)", secret=True)
+    token_public_key: str = _opt("", "PEM file of a public key: RS256/ES256 JWTs signed by its private key "
+                                     "are accepted")
+    public_channels: str = _opt("", "comma-separated channel patterns (name, or prefix ending in *) "
+                                    "that need no token")
+    authorizer: str = _opt("", "module:function called once per registration with the request and "
+                               "its channels; returns the channels it grants")
+    client_secret: str = _opt("", "key that signs server-issued client ids, so that a client id alone "
+                                  "proves nothing (empty: kept by the backend, shared by its workers)",
+                              secret=True)
     cors_origins: str = _opt("", "comma-separated origins allowed cross-origin, or *")
     allowed_hosts: str = _opt("", "comma-separated Host header values accepted (empty: any); "
                                   "guards against DNS rebinding")
