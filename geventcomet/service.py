@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import secrets
 import socket
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +23,10 @@ from typing import Callable, Mapping, NamedTuple, cast
 import gevent
 from gevent.event import Event
 
-from . import misbehaviour, protocol
+from . import clientid, misbehaviour, protocol
 from .backends import Backend
 from .config import FD_RESERVE, Config
-from .errors import BackendError, CometError, LimitReached, NotFound, Unavailable
+from .errors import AuthRefused, BackendError, CometError, LimitReached, NotFound, Unavailable
 from .hub import Hub
 from .longpoll import PollResult, hold
 from .peer import Peer
@@ -84,6 +83,12 @@ def unavailable(exc: BackendError) -> Unavailable:
     return Unavailable(f"backend unavailable: {exc}")
 
 
+def client_refused(reason: str) -> AuthRefused:
+    """403 ``auth: "client"`` for a request claiming a client id it does not prove."""
+    misbehaviour.note("unproven client id", reason)  # never the id: a minted one is a credential
+    return AuthRefused("client", f"forbidden: {reason}")
+
+
 def fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
@@ -118,6 +123,8 @@ class CometService:
         #: More numbers for :meth:`snapshot`: each callable returns a dict merged into it
         #: (the HTTP server adds its connection counts here).
         self.stats_sources: list[Callable[[], dict]] = []
+        #: Mints and checks client ids: a named id must be one this backend's secret signed.
+        self.client_ids = clientid.ClientIds(backend.client_secret())
         self._count_watches = 0
         self._stopping = Event()
         self.backend.start(self.hub.wake, self.hub.wake_all, self.hub.waiter_count)  # a waited-on channel is kept
@@ -149,10 +156,11 @@ class CometService:
                                        max_channels=config.max_channels, resumable=resumable,
                                        last_event_id=last_event_id)
 
-    def subscribe(self, req: protocol.RegisterRequest) -> Subscription:
-        """Register (or refresh) the request's client, minting an id if it has none; its
-        channels are the request's and its private one, each at the cursor's position."""
-        client = req.client or secrets.token_urlsafe(12)
+    def subscribe(self, req: protocol.RegisterRequest, sub: str | None = None) -> Subscription:
+        """Register (or refresh) the request's client (see :meth:`choose_client`; ``sub``:
+        a verified token's subject); its channels are the request's and its private
+        one, each at the cursor's position."""
+        client = self.choose_client(req, sub)
         channels = (*req.channels, protocol.private_channel(client))
         try:
             self.backend.register(client)
@@ -160,6 +168,30 @@ class CometService:
             raise unavailable(exc) from None
         positions = req.cursor.positions
         return client, channels, {channel: positions.get(channel) for channel in channels}
+
+    def choose_client(self, req: protocol.RegisterRequest, sub: str | None = None) -> str:
+        """The client id a request proves: ``sub`` (a verified token's subject) when given,
+        else the id it names if this server minted it, else a fresh one. A request naming
+        an id it does not prove, or whose cursor names another client's private channel,
+        is refused (403 ``auth: "client"``): an id alone is no credential."""
+        named = req.client
+        if sub is not None:
+            if named is not None and named != sub:
+                raise client_refused("client id differs from the token's sub")
+            if not protocol.CLIENT_RE.match(sub):  # it names a channel and goes into cursors
+                raise client_refused("the token's sub is not a valid client id (1 to 64 letters, digits, _ or -)")
+            client = sub
+        elif named is None:
+            client = self.client_ids.mint()
+        elif self.client_ids.verify(named):
+            client = named
+        else:
+            raise client_refused("client id not issued by this server: register without client= "
+                                 "(and without the old cursor's private position)")
+        for channel in req.cursor.positions:  # a few entries; the cursor was parsed already
+            if channel[0] == protocol.PRIVATE_PREFIX and channel != protocol.PRIVATE_PREFIX + client:
+                raise client_refused("cursor names another client's private channel")
+        return client
 
     def refresh(self, client: str) -> None:
         """Keep ``client``'s registration alive (activity on a stream counts as a poll)."""

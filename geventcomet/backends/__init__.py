@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import secrets
 from typing import Callable, ClassVar, Iterable, NamedTuple, cast
 
 from ..config import Config
@@ -84,6 +85,8 @@ class Backend(abc.ABC):
     #: publish from any of them (``--workers N`` and gunicorn need that); False by default.
     shared: ClassVar[bool] = False
     _config: Config
+    #: The client-id secret this backend keeps (see :meth:`client_secret`), once known.
+    _kept_client_secret: bytes | None = None
 
     def start(self, wake: Callable[[str], int], wake_all: Callable[[], int],
               waiter_count: Callable[[str], int] = lambda channel: 0) -> None:
@@ -101,6 +104,21 @@ class Backend(abc.ABC):
     def full_page(self) -> Page:
         """The most one reply may carry: ``max_reply_events`` events, ``max_reply_bytes`` bytes."""
         return Page(self._config.max_reply_events, self._config.max_reply_bytes)
+
+    def client_secret(self) -> bytes:
+        """The key that signs client ids (:mod:`geventcomet.clientid`): ``--client-secret``
+        when set, else one this backend keeps, the same for every process that shares it."""
+        if self._config.client_secret:
+            return self._config.client_secret.encode()
+        if self._kept_client_secret is None:
+            self._kept_client_secret = self.keep_client_secret()
+        return self._kept_client_secret
+
+    def keep_client_secret(self) -> bytes:
+        """The secret this backend keeps when none is configured: by default a random one
+        for this process (a memory backend's ids die with it anyway); durable and shared
+        backends store one, so a restart and every worker agree."""
+        return secrets.token_urlsafe(32).encode()
 
     def health(self) -> str | None:
         """None while the backend works; else why it does not (for the readiness check).

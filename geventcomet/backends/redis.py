@@ -27,6 +27,10 @@ is lost for good (and redis-py reconnects and resubscribes without telling).
   its connection every tail is dropped; after resubscribing every local channel is
   woken: wake-ups may have been missed, and the waiters re-read Redis, where the
   cursor and epoch decide.
+- **Client-id secret** (when ``--client-secret`` is empty): one key, set once with
+  ``SET NX`` and read by each process at start, so every worker accepts the ids any
+  of them minted. Redis losing its data loses it too: processes started after that
+  agree on a new one, older ones keep the old (restart them, or configure the secret).
 - **Registrations** (:mod:`.redis_registrations`) live in one sorted set scored by
   expiry time; a poll's refresh is queued, not waited for.
 - **Bounds.** A new client past ``max_clients_total`` and a new Idempotency-Key while
@@ -160,14 +164,19 @@ class RedisBackend(Backend):
 
     def _initial_epoch(self) -> str:
         try:
-            self._writer.set(scripts.EPOCH_KEY, secrets.token_hex(4), nx=True)
-            epoch = self._writer.get(scripts.EPOCH_KEY)  # bytes: decode_responses is off
-            if not isinstance(epoch, bytes):
-                raise redis.RedisError("the epoch key vanished while the backend started")
-            return epoch.decode()
+            self._kept_client_secret = self._set_once(scripts.CLIENT_SECRET_KEY, secrets.token_urlsafe(32))
+            return self._set_once(scripts.EPOCH_KEY, secrets.token_hex(4)).decode()
         except redis.RedisError as exc:
             self._disconnect()
             raise BackendError(f"cannot reach Redis at {self._url}: {exc}") from None
+
+    def _set_once(self, key: str, fresh: str) -> bytes:
+        """``key``'s value, set to ``fresh`` first unless a process set it already."""
+        self._writer.set(key, fresh, nx=True)
+        value = self._writer.get(key)  # bytes: decode_responses is off
+        if not isinstance(value, bytes):
+            raise redis.RedisError(f"the key {key} vanished while the backend started")
+        return value
 
     def start(self, wake, wake_all, waiter_count=lambda channel: 0) -> None:
         self._tails.wake, self._wake_all, self._sweep.waiter_count = wake, wake_all, waiter_count

@@ -34,6 +34,8 @@ from . import Page
 
 PREFIX = "gc:"
 EPOCH_KEY, SEQ_KEY, DROPPED_KEY = PREFIX + "epoch", PREFIX + "seq", PREFIX + "dropped"
+#: The secret that signs client ids when none is configured: set once (SET NX), read by every process.
+CLIENT_SECRET_KEY = PREFIX + "client_secret"
 CLIENTS_KEY, IKEYS_KEY, STREAM_PREFIX = PREFIX + "clients", PREFIX + "ikeys", PREFIX + "s:"
 WAKE_CHANNEL = PREFIX + "wake"
 

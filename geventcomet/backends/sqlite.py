@@ -94,9 +94,9 @@ class SQLiteBackend(MemoryBackend):
         self._problem: str | None = None
         self._wake = lambda channel: 0
         try:
-            self._conn, self.epoch, dropped = self._pool.apply(
-                open_database, (self.path, self.synchronous, BUSY_TIMEOUT_MS))
-            self._channels.dropped = dropped
+            opened = self._pool.apply(open_database, (self.path, self.synchronous, BUSY_TIMEOUT_MS))
+            self._conn, self.epoch, self._channels.dropped = opened.conn, opened.epoch, opened.dropped
+            self._kept_client_secret = opened.client_secret.encode()  # a restart accepts the ids it minted
             self._pool.apply(load, (self._conn, config, self._clock(), self._channels, self._clients,
                                     self._idempotent))
         except Exception:

@@ -6,14 +6,15 @@ that gevent cannot make cooperative), except the small op classes the committer 
 Schema changes are migrated in place when an older file is opened: the
 ``idempotency`` table's key was once global (``key`` alone); it is now scoped per
 channel (``PRIMARY KEY (channel, key)``), as the Redis backend always had it.
-``meta`` holds the epoch and ``dropped`` (D, see :mod:`geventcomet.backends`).
+``meta`` holds the epoch, ``dropped`` (D, see :mod:`geventcomet.backends`) and the
+secret that signs client ids when none is configured (written once, like the epoch).
 """
 from __future__ import annotations
 
 import secrets
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 from gevent.event import AsyncResult
@@ -88,8 +89,17 @@ def parse_url(url: str) -> tuple[str, str]:
     return path, sync.upper()
 
 
-def open_database(path: str, synchronous: str, busy_timeout_ms: int) -> tuple[sqlite3.Connection, str, int]:
-    """Open (creating or migrating) the file; return the connection, the epoch and D."""
+class Opened(NamedTuple):
+    """An open database: the connection, the epoch, D and the client-id secret kept in ``meta``."""
+
+    conn: sqlite3.Connection
+    epoch: str
+    dropped: int
+    client_secret: str
+
+
+def open_database(path: str, synchronous: str, busy_timeout_ms: int) -> Opened:
+    """Open (creating or migrating) the file; the secret is written once, like the epoch."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     try:
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
@@ -102,15 +112,17 @@ def open_database(path: str, synchronous: str, busy_timeout_ms: int) -> tuple[sq
             for statement in MIGRATE_IDEMPOTENCY.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('epoch', 'dropped')").fetchall())
-        epoch = meta.get("epoch") or secrets.token_hex(4)
-        if "epoch" not in meta:
-            conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+        meta = dict(conn.execute(
+            "SELECT key, value FROM meta WHERE key IN ('epoch', 'dropped', 'client_secret')").fetchall())
+        for key, fresh in (("epoch", secrets.token_hex(4)), ("client_secret", secrets.token_urlsafe(32))):
+            if key not in meta:
+                meta[key] = fresh
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, fresh))
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         conn.close()
         raise BackendError(f"cannot open sqlite database {path!r}: {exc}") from None
-    return conn, epoch, int(meta.get("dropped") or 0)
+    return Opened(conn, meta["epoch"], int(meta.get("dropped") or 0), meta["client_secret"])
 
 
 def _idempotency_is_global(conn: sqlite3.Connection) -> bool:
