@@ -31,6 +31,25 @@ class Forbidden(CometError):
     status, reason = 403, "Forbidden"
 
 
+class AuthRefused(CometError):
+    """401 or 403 for a missing, bad or insufficient credential; rendered as
+    ``{"error": message, "auth": kind}``. ``kind`` is one of ``missing``, ``invalid``,
+    ``expired`` (401, with ``WWW-Authenticate``), ``channel``, ``client``, ``publish``
+    (403) and ``admin`` (either)."""
+
+    def __init__(self, kind: str, message: str, *, status: int = 403) -> None:
+        headers: tuple[tuple[str, str], ...] = ()
+        if status == 401:
+            # RFC 6750 3.1: no error code when no credential was sent at all.
+            challenge = ('Bearer realm="geventcomet"' if kind in ("missing", "admin") else
+                         f'Bearer realm="geventcomet", error="invalid_token", error_description="{kind}"')
+            headers = (("WWW-Authenticate", challenge),)
+        super().__init__(message, headers=headers)
+        self.status = status
+        self.reason = "Unauthorized" if status == 401 else "Forbidden"
+        self.kind = kind
+
+
 class NotFound(CometError):
     status, reason = 404, "Not Found"
 
