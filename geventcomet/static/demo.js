@@ -10,6 +10,10 @@
  *
  * Events: {type: "join", player: ID} (the first two players are X and O) and
  *         {type: "move", player: ID, cell: 0..8}.
+ *
+ * On a server with tokens (--token-secret), open the page as /demo?game=G&token=JWT, the
+ * token's `channels` and `publish` covering "ttt-G": the page passes it to the client. The
+ * link shown for the opponent never carries this page's token (each player needs their own).
  */
 (function (root) {
   'use strict';
@@ -76,7 +80,7 @@
   sessionStorage.setItem('ttt-player', player);
   var channel = 'ttt-' + gameId;
   var game = newGame();
-  var comet = new GeventComet.Client({url: ''});
+  var comet = new GeventComet.Client({url: '', token: params.get('token') || ''});
   var $ = function (id) { return document.getElementById(id); };
 
   var demo = root.demo = {game: game, player: player, channel: channel, events: [], gaps: 0, sub: null};
@@ -120,8 +124,11 @@
       });
     })(i);
   }
-  $('share').href = location.href;
-  $('share').textContent = location.href;
+  var shared = new URLSearchParams(params);
+  shared.delete('token');  // a token is a credential: the opponent gets their own
+  var shareUrl = location.origin + location.pathname + '?' + shared;
+  $('share').href = shareUrl;
+  $('share').textContent = shareUrl;
   $('new').href = '?' + new URLSearchParams({game: randomId(8), transport: params.get('transport') || 'longpoll'});
 
   demo.sub = comet.subscribe([channel], {

@@ -20,7 +20,13 @@
  * that is not valid geventcomet JSON (a broken proxy, a server bug) is never skipped
  * and never retried at once: the cursor stays where it was, the error is reported
  * with the 'reconnecting' state (info.error, sub.lastError) and the retry backs off.
- * See docs/browser.md for the whole API.
+ *
+ * Tokens (servers with --token-secret): {token: 'JWT'} or {token: function () { return
+ * fetch('/comet-token').then(function (r) { return r.text(); }); }}. Polls and publishes send
+ * it as 'Authorization: Bearer', EventSource as ?token=. A 401 when the token is a function
+ * fetches a fresh one and retries at once (once; then with the usual backoff); a 403 with
+ * auth 'client' (an old, unsigned client id) forgets the id and registers afresh, reporting
+ * a gap for the old private channel. See docs/browser.md for the whole API.
  */
 (function (root, factory) {
   'use strict';
@@ -36,7 +42,7 @@
     timeout: 25,           // seconds the server holds a long-poll
     minDelay: 500,         // ms: the backoff's first ceiling
     maxDelay: 30000,       // ms: the backoff's largest ceiling
-    token: '',             // bearer token for publish, if the server has --notify-token
+    token: '',             // bearer token: a string, or a function returning one (or a Promise of one)
     credentials: 'same-origin', // fetch credentials mode (cross-origin servers: 'include')
     publishRetries: 4      // extra tries for a publish after a network error or a 503
   };
@@ -122,6 +128,51 @@
 
   function later(fn) { setTimeout(fn, 0); }
 
+  /** `cursor` without its private-channel part ('~@ID~SEQ'): that id was refused. */
+  function withoutPrivate(cursor) {
+    if (typeof cursor !== 'string') return cursor;
+    var parts = cursor.split('~'), out = [parts[0]];
+    for (var i = 1; i + 1 < parts.length; i += 2) {
+      if (parts[i].charAt(0) !== '@') out.push(parts[i], parts[i + 1]);
+    }
+    return out.length > 1 ? out.join('~') : null;
+  }
+
+  // -- Tokens ----------------------------------------------------------------
+
+  /**
+   * Where the bearer token comes from: a fixed string, or a function returning a string
+   * or a Promise of one. A function is asked once, then again only after the server
+   * refused the token it gave (refresh): subscriptions sharing a Client share the token.
+   */
+  function TokenSource(token) {
+    this.token = token;
+    /** True when a refused token can be replaced by asking the function again. */
+    this.refreshable = typeof token === 'function';
+    this._current = null;
+  }
+
+  /** A Promise of the token to send ('' for none). */
+  TokenSource.prototype.get = function () {
+    if (!this.refreshable) return Promise.resolve(this.token || '');
+    if (this._current) return this._current;
+    var self = this, fn = this.token;
+    var got = this._current = Promise.resolve().then(function () { return fn(); }).then(function (value) {
+      got.value = value ? String(value) : '';
+      return got.value;
+    });
+    got.catch(function () { if (self._current === got) self._current = null; });  // ask again next time
+    return got;
+  };
+
+  /** A Promise of a token other than `refused`: a fresh one, unless another caller already got it. */
+  TokenSource.prototype.refresh = function (refused) {
+    var current = this._current;
+    if (current && (!('value' in current) || current.value !== refused)) return current;
+    this._current = null;
+    return this.get();
+  };
+
   function call(handler, self, args) {
     if (typeof handler !== 'function') return;
     try { handler.apply(self, args); } catch (e) { later(function () { throw e; }); }
@@ -133,6 +184,8 @@
   function Client(options) {
     if (!(this instanceof Client)) return new Client(options);
     this.options = merge(DEFAULTS, options);
+    /** The token every subscription and publish of this client sends (see TokenSource). */
+    this.tokens = new TokenSource(this.options.token);
   }
 
   /**
@@ -157,10 +210,12 @@
 
   Client.prototype._notify = function (body, options) {
     var o = merge(this.options, options);
-    var headers = {'Content-Type': 'application/json', 'Idempotency-Key': o.idempotencyKey || randomKey()};
-    if (o.token) headers.Authorization = 'Bearer ' + o.token;
-    var payload = JSON.stringify(body), attempt = 0;
-    function attemptOnce() {
+    var tokens = options.token !== undefined ? new TokenSource(options.token) : this.tokens;
+    var key = o.idempotencyKey || randomKey();
+    var payload = JSON.stringify(body), attempt = 0, refreshed = false;
+    function send(token) {
+      var headers = {'Content-Type': 'application/json', 'Idempotency-Key': key};
+      if (token) headers.Authorization = 'Bearer ' + token;
       return fetch(o.url + '/notify', {method: 'POST', headers: headers, body: payload,
                                         credentials: o.credentials, cache: 'no-store'})
         .then(function (res) {
@@ -169,10 +224,18 @@
             if (res.ok) return reply;
             var err = CometError((reply && reply.error) || ('HTTP ' + res.status), res.status, reply);
             err.retryAfter = retryAfterMs(res.headers.get('Retry-After'));
+            err.token = token;
             throw err;
           });
-        }, function (e) { throw CometError('network error: ' + e.message, 0); })
+        }, function (e) { throw CometError('network error: ' + e.message, 0); });
+    }
+    function attemptOnce() {
+      return tokens.get().then(send, function (e) { throw CometError('token function failed: ' + e.message, 0); })
         .catch(function (err) {
+          if (err.status === 401 && tokens.refreshable && !refreshed) {  // expired: a fresh token, at once
+            refreshed = true;
+            return tokens.refresh(err.token).then(attemptOnce);
+          }
           // The Idempotency-Key makes a retry safe: the server stores the event once.
           if ((err.status === 0 || err.status === 503) && attempt < o.publishRetries) {
             var wait = reconnectDelay(attempt++, err.retryAfter, o);
@@ -188,6 +251,7 @@
 
   function Subscription(client, channels, options) {
     this.options = merge(client.options, options);
+    this._tokens = options.token !== undefined ? new TokenSource(options.token) : client.tokens;
     this.channels = channels;
     /** The opaque cursor: where this subscription stands in every channel. */
     this.cursor = typeof options.since === 'string' && options.since.indexOf('~') >= 0 ? options.since : null;
@@ -201,6 +265,10 @@
     this.attempt = 0;
     /** The last error that made this subscription retry (null after a good reply). */
     this.lastError = null;
+    // Each cure of a refusal (a fresh token, a fresh client id) is tried once at once until
+    // a good reply: a server that keeps refusing meets the backoff or stops us, never a loop.
+    this._tokenRefreshed = false;
+    this._clientDropped = false;
     this.closed = false;
     this._lastIds = {};
     this._handlers = options;
@@ -267,6 +335,47 @@
     this._retry(null, reason, err);
   };
 
+  /** A good reply or stream: the next refusal may again be cured at once. */
+  Subscription.prototype._healthy = function () {
+    this.attempt = 0;
+    this.lastError = null;
+    this._tokenRefreshed = this._clientDropped = false;
+  };
+
+  /**
+   * A 401 or 403 that a fresh token or a fresh client id can cure: start the cure and
+   * return true; false means the refusal stands (the caller stops the subscription).
+   */
+  Subscription.prototype._cureRefusal = function (status, body, token) {
+    var kind = body && body.auth, self = this;
+    if (status === 401 && this._tokens.refreshable) {
+      // Expired (or refused): ask the token function again; at once the first time.
+      var again = this._tokenRefreshed, reason = (body && body.error) || 'HTTP 401';
+      this._tokenRefreshed = true;
+      this._tokens.refresh(token).then(function () {
+        if (self.closed) return;
+        if (again) self._retry(null, reason, CometError(reason, status, body));
+        else self._connect();
+      }, function (err) { self._retry(null, 'token function failed: ' + err.message); });
+      return true;
+    }
+    if (status === 403 && kind === 'client' && !this._clientDropped) {
+      // Our client id is not one the server signed (stored before the server checked
+      // them): register afresh; whatever the old private channel held is gone.
+      var old = this.client;
+      this._clientDropped = true;
+      this.client = null;
+      this.cursor = withoutPrivate(this.cursor);
+      if (old) delete this._lastIds['@' + old];
+      this.recovered = false;
+      call(this._handlers.onGap, this, [{recovered: false, channel: old ? '@' + old : null,
+                                         reason: 'client id refused: registering afresh'}]);
+      this._connect();
+      return true;
+    }
+    return false;
+  };
+
   Subscription.prototype._gap = function (info) {
     this.recovered = false;
     this._lastIds = {};  // the history restarted or was trimmed: ids may begin again
@@ -280,15 +389,28 @@
     call(this._handlers.onEvent, this, [event]);
   };
 
+  /** Run `then(token)` once the token is known; a token function that fails is retried. */
+  Subscription.prototype._withToken = function (then) {
+    var self = this;
+    this._tokens.get().then(function (token) { if (!self.closed) then.call(self, token); }, function (err) {
+      if (!self.closed) self._retry(null, 'token function failed: ' + (err && err.message));
+    });
+  };
+
   // Long-poll: GET /register in a loop, each request carrying the last reply's cursor.
   Subscription.prototype._poll = function () {
+    this._withToken(this._pollWith);
+  };
+
+  Subscription.prototype._pollWith = function (token) {
     var self = this, o = this.options;
     var url = o.url + '/register?' + query({channel: this.channels, since: this._resumeFrom(),
                                               client: this.client, timeout: o.timeout});
     var ctrl = this._abort = new AbortController();
     // A proxy or a sleeping laptop can leave a request hanging forever: give up after the hold.
     this._guard = setTimeout(function () { ctrl.abort(); }, (o.timeout + 15) * 1000);
-    fetch(url, {signal: ctrl.signal, credentials: o.credentials, cache: 'no-store'})
+    fetch(url, {signal: ctrl.signal, credentials: o.credentials, cache: 'no-store',
+                headers: token ? {Authorization: 'Bearer ' + token} : {}})
       .then(function (res) {
         return res.text().then(function (text) { return {res: res, text: text, body: parseJson(text)}; });
       })
@@ -300,13 +422,13 @@
           if (!isPollReply(body)) return self._badReply(status, got.text, 'reply');
           self._accept(body);
           if (self.closed) return;
-          self.attempt = 0;
-          self.lastError = null;
+          self._healthy();
           self._poll();
           return;
         }
         if (body && typeof body.cursor === 'string') self.cursor = body.cursor;  // a shutdown reply keeps our place
         if (body && typeof body.client === 'string') self.client = body.client;
+        if ((status === 401 || status === 403) && self._cureRefusal(status, body, token)) return;
         if (FATAL[status]) return self._fail(status, body);
         var reason = (body && body.error) || ('HTTP ' + status);
         self._retry(retryAfterMs(got.res.headers.get('Retry-After')), reason, CometError(reason, status, body));
@@ -328,10 +450,15 @@
   // EventSource: GET /stream. The browser itself reconnects once with Last-Event-ID
   // (after the server's randomised retry:); if that fails too, this code takes over
   // with backoff, resuming with ?last_event_id= from the last id it saw.
+  // EventSource cannot set headers: the token goes in ?token= (keep it out of access logs).
   Subscription.prototype._openStream = function () {
+    this._withToken(this._openStreamWith);
+  };
+
+  Subscription.prototype._openStreamWith = function (token) {
     var self = this, o = this.options;
     var url = o.url + '/stream?' + query({channel: this.channels, client: this.client,
-                                            last_event_id: this._resumeFrom()});
+                                            last_event_id: this._resumeFrom(), token: token || null});
     var es = this._es = new EventSource(url, {withCredentials: o.credentials === 'include'});
     var nativeRetryUsed = false;
     es.addEventListener('hello', function (e) {
@@ -341,7 +468,7 @@
       self._since = null;
       // A stream that opens but then sends an unusable event is not healthy yet: the
       // backoff keeps growing until a good event arrives.
-      if (!(self.lastError && self.lastError.unusable)) { self.attempt = 0; self.lastError = null; }
+      if (!(self.lastError && self.lastError.unusable)) self._healthy();
       nativeRetryUsed = false;
       self._setState('open', {client: self.client});
     });
@@ -361,8 +488,7 @@
         return self._badReply(200, e.data, 'event');
       }
       if (e.lastEventId) self.cursor = e.lastEventId;
-      self.attempt = 0;
-      self.lastError = null;
+      self._healthy();
       self._deliver(event);
     };
     es.onerror = function () {
@@ -376,12 +502,12 @@
       es.close();
       self._es = null;
       if (retrying) return self._retry(null, 'connection lost');
-      self._probe(url);  // CLOSED: an HTTP error or a wrong content type; find out which
+      self._probe(url, token);  // CLOSED: an HTTP error or a wrong content type; find out which
     };
   };
 
   // An EventSource that fails does not say why; ask the same URL with fetch for the status.
-  Subscription.prototype._probe = function (url) {
+  Subscription.prototype._probe = function (url, token) {
     var self = this, ctrl = this._abort = new AbortController();
     fetch(url, {signal: ctrl.signal, credentials: this.options.credentials, cache: 'no-store'})
       .then(function (res) {
@@ -389,7 +515,9 @@
         if (res.ok) { ctrl.abort(); return self._retry(null, 'stream failed'); }
         return res.text().then(function (text) {
           if (self.closed) return;
-          if (FATAL[res.status]) return self._fail(res.status, parseJson(text));
+          var body = parseJson(text);
+          if ((res.status === 401 || res.status === 403) && self._cureRefusal(res.status, body, token)) return;
+          if (FATAL[res.status]) return self._fail(res.status, body);
           self._retry(retryAfter, 'HTTP ' + res.status);
         });
       }, function (err) {
@@ -405,6 +533,8 @@
     backoffDelay: backoffDelay,
     retryAfterMs: retryAfterMs,
     reconnectDelay: reconnectDelay,
+    withoutPrivate: withoutPrivate,
+    TokenSource: TokenSource,
     DEFAULTS: DEFAULTS,
     version: '0.1.0'
   };

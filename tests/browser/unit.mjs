@@ -21,6 +21,31 @@ assert.equal(comet.retryAfterMs('Thu, 01 Jan 1970 00:00:10 GMT', 4000), 6000);
 assert.equal(comet.reconnectDelay(0, 1000, { minDelay: 500, maxDelay: 30000 }, () => 0.5), 1250);
 assert.equal(comet.reconnectDelay(2, null, { minDelay: 500, maxDelay: 30000 }, () => 1), 2000);
 
+// A refused client id: its private channel leaves the cursor, the public positions stay.
+assert.equal(comet.withoutPrivate('e1~news~8~@k2J9ab~3'), 'e1~news~8');
+assert.equal(comet.withoutPrivate('e1~@k2J9ab~3~news~8~sport~2'), 'e1~news~8~sport~2');
+assert.equal(comet.withoutPrivate('e1~@k2J9ab~3'), null);
+assert.equal(comet.withoutPrivate(null), null);
+
+// Tokens: a string is sent as it is; a function is asked once, and again only when the
+// token it gave was refused (two subscriptions refreshing at once ask it once).
+assert.equal(await new comet.TokenSource('abc').get(), 'abc');
+assert.equal(await new comet.TokenSource('').get(), '');
+let asked = 0;
+const tokens = new comet.TokenSource(() => Promise.resolve('t' + (++asked)));
+assert.equal(await tokens.get(), 't1');
+assert.equal(await tokens.get(), 't1');
+assert.equal(asked, 1);
+const [a, b] = await Promise.all([tokens.refresh('t1'), tokens.refresh('t1')]);
+assert.deepEqual([a, b, asked], ['t2', 't2', 2]);
+assert.equal(await tokens.refresh('t1'), 't2', 'a stale refusal does not ask again');
+assert.equal(asked, 2);
+let failing = true;
+const flaky = new comet.TokenSource(() => { if (failing) throw new Error('down'); return 'ok'; });
+await assert.rejects(flaky.get(), /down/);
+failing = false;
+assert.equal(await flaky.get(), 'ok', 'a failed token function is asked again');
+
 // Tic-tac-toe replay: joins, turns, invalid moves ignored, a win, a draw.
 const join = (player) => ({ type: 'join', player });
 const move = (player, cell) => ({ type: 'move', player, cell });
