@@ -23,7 +23,7 @@ import logging
 from typing import Callable
 
 from .auth import Claims, Patterns, TokenVerifier, bearer, request_token
-from .auth_hook import Authorize, AuthorizationHook
+from .auth_hook import AuthorizationHook, Authorize
 from .config import Config
 from .errors import AuthRefused
 

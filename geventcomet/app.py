@@ -11,15 +11,17 @@ generic 500, never the traceback.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlencode
 
 from . import pages, protocol, security
+from .access import ADMIN_COOKIE, Access
+from .auth import request_token
+from .auth_hook import Authorize, load_authorizer
 from .backends import Backend, open_backend
 from .config import Config
-from .errors import ClientGone, CometError, Forbidden, MethodNotAllowed, NotFound, Unauthorized
+from .errors import AuthRefused, ClientGone, CometError, Forbidden, MethodNotAllowed, NotFound
 from .hub import Hub
 from .poll import LongPoll
 from .replies import JSON, Headers, Reply, Streamed, status_line
@@ -41,7 +43,7 @@ class CometApp:
     ``reconnect_after_s`` are the service's (the server process reads and sets them here).
     """
 
-    def __init__(self, service: CometService) -> None:
+    def __init__(self, service: CometService, access: Access | None = None) -> None:
         self.service = service
         self.config = service.config
         # The service's parts, as the server process (and tests) reach them from the app.
@@ -51,12 +53,13 @@ class CometApp:
         self.stats_sources: list[Callable[[], dict]] = service.stats_sources
         self.max_waiting: int = service.max_waiting
         self._origins = service.config.cors_origin_set
-        self._token = service.config.notify_token.encode()
+        #: Who may read, publish and administer (:mod:`geventcomet.access`).
+        self.access = access or Access(service.config)
         #: Headers added to every response (a worker process names itself here).
         self.extra_headers: Headers = ()
-        self.poll = LongPoll(service)
+        self.poll = LongPoll(service, self.access)
         #: The SSE transport (its ``heartbeat_s`` may be changed while running).
-        self.stream = StreamEndpoint(service)
+        self.stream = StreamEndpoint(service, access=self.access)
         self.routes: dict[str, dict[str, Route]] = {
             "/": {"GET": self.index},
             "/register": {"GET": self.poll.register},
@@ -119,6 +122,8 @@ class CometApp:
             else:
                 allow = ", ".join(sorted(methods))
                 raise MethodNotAllowed(f"{method} is not allowed here; use {allow}", headers=(("Allow", allow),))
+        except AuthRefused as exc:
+            reply = (exc.status, protocol.json_bytes({"error": exc.message, "auth": exc.kind}), JSON, exc.headers)
         except CometError as exc:
             reply = (exc.status, protocol.json_bytes({"error": exc.message}), JSON, exc.headers)
         except ClientGone:
@@ -146,32 +151,53 @@ class CometApp:
     # -- routes ------------------------------------------------------------
 
     def notify(self, environ: dict) -> Reply:
-        """``POST /notify``: the token (header or form field), then the service publishes."""
+        """``POST /notify``: the admin token (header, ``?token=``, form field or the page's
+        cookie) publishes anywhere; else a subscriber token's ``publish`` must cover the channel."""
         abandon = environ.get("geventcomet.abandon_body", lambda: None)
+        access = self.access
         try:
             length = protocol.check_body_length(
                 environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked",
                 self.config.max_body_bytes)
+            token = request_token(environ)
+            admin = access.is_admin_token(token) or access.has_admin_cookie(environ)
+            # A token sent in the head is judged before the body is read.
+            claims = access.publisher(token) if token is not None and not admin else None
         except CometError as exc:
             raise _unread_body(exc, abandon) from None
-        header_token = _bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
-        if self._token and header_token is not None and not self._token_ok(header_token):
-            raise _unread_body(Unauthorized("invalid notify token"), abandon)
         req = protocol.parse_notify(environ.get("CONTENT_TYPE", ""), environ["wsgi.input"].read(length))
-        if self._token and header_token is None and not self._token_ok(req.token):
-            raise Unauthorized("this server needs a notify token: send Authorization: Bearer TOKEN")
+        form_admin = token is None and access.is_admin_token(req.token)
+        if not admin and not form_admin and token is None:
+            claims = access.publisher(req.token)
+        if not (admin or form_admin):
+            access.check_publish(claims, protocol.private_channel(req.client) if req.client else str(req.channel))
         sent = self.service.publish(req, environ.get("HTTP_IDEMPOTENCY_KEY") or None)
         if "text/html" in environ.get("HTTP_ACCEPT", ""):  # the Notify page's form
             query = urlencode({"sent": sent.channel, "id": sent.seq, "woken": sent.woken})
-            return (303, b"", "text/plain", (("Location", f"/notify?{query}"),))
+            headers: Headers = (("Location", f"/notify?{query}"),)
+            if form_admin:  # the page asked for the token once; the cookie keeps it
+                headers += (("Set-Cookie", f"{ADMIN_COOKIE}={access.admin_cookie}; Path=/; HttpOnly; "
+                                           "SameSite=Strict"),)
+            return (303, b"", "text/plain", headers)
         return (200, protocol.json_bytes({"channel": sent.channel, "id": sent.seq, "woken": sent.woken}), JSON, ())
 
     def notify_page(self, environ: dict) -> Reply:
-        return pages.notify_page(self.service, environ.get("QUERY_STRING", ""), token_field=bool(self._token))
+        """The Notify page; with an admin token configured it needs the token (or the cookie
+        a correct form submit sets), and a browser without either gets the bare form."""
+        access = self.access
+        try:
+            access.check_admin(environ, cookie=True)
+        except AuthRefused as exc:
+            if "text/html" not in environ.get("HTTP_ACCEPT", ""):
+                raise
+            return pages.login_page(exc.status)
+        return pages.notify_page(self.service, environ.get("QUERY_STRING", ""),
+                                 token_field=access.admin_required and not access.has_admin_cookie(environ))
 
     def stats_json(self, environ: dict) -> Reply:
         """``/stats``; with ``?waiting=N[&timeout=S]`` (``--test-hooks`` only) it first waits
         until N requests are parked, or S seconds."""
+        self.access.check_admin(environ)
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if "waiting" in query:
             if not self.config.test_hooks:
@@ -199,9 +225,6 @@ class CometApp:
     def index(self, environ: dict) -> Reply:
         return (200, protocol.json_bytes({"name": "geventcomet", "endpoints": sorted(self.routes)}), JSON, ())
 
-    def _token_ok(self, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token.encode(), self._token)
-
 
 def _preflight(methods: dict[str, Route], cors: Headers) -> Reply:
     allow = ", ".join(sorted({*methods, "OPTIONS"}))
@@ -217,14 +240,17 @@ def _unread_body(exc: CometError, abandon: Callable[[], None]) -> CometError:
     return exc
 
 
-def _bearer_token(header: str) -> str | None:
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
-
-
-def make_app(config: Config, backend: Backend | None = None) -> CometApp:
+def make_app(config: Config, backend: Backend | None = None, authorize: Authorize | None = None) -> CometApp:
     """Build the service and the WSGI app for ``config``.
 
-    ``backend`` overrides the one ``config.backend`` names (tests use this).
+    ``backend`` overrides the one ``config.backend`` names (tests use this). ``authorize``
+    is the authorization hook (:mod:`geventcomet.auth_hook`); without it, ``config.authorizer``
+    (``module:function``) names one, if set.
     """
-    return CometApp(CometService(config, backend or open_backend(config)))
+    if authorize is None and config.authorizer:
+        authorize = load_authorizer(config.authorizer)
+    access = Access(config, authorize)
+    if not access.tokens.enabled:
+        log.warning("no --token-secret or --token-public-key: every channel is public (readable by "
+                    "anyone who names it)%s", "; the authorizer decides" if authorize else "")
+    return CometApp(CometService(config, backend or open_backend(config)), access)

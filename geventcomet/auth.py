@@ -131,7 +131,7 @@ class TokenVerifier:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
             key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
-            if key is None:
+            if key is None or not isinstance(algorithm, str):
                 raise AuthRefused("invalid", f"the token's algorithm is not accepted here "
                                              f"(accepted: {', '.join(sorted(self._keys))})", status=401)
             # exp is required here but compared with self.clock (in claims), not the wall clock.

@@ -5,7 +5,8 @@ Routes (see :func:`static_routes`):
 - ``GET /geventcomet.js``: the dependency-free client library;
 - ``GET /demo`` (+ ``/demo.js``): two-player tic-tac-toe over Comet;
 - ``GET /example``: the smallest page using the library;
-- ``GET /notify``: a form to publish an event, with the channels and their waiters.
+- ``GET /notify``: a form to publish an event, with the channels and their waiters (with an
+  admin token configured, only for its holder: :func:`login_page` otherwise).
 
 The files are package data (``geventcomet/static/``), read once.
 """
@@ -58,6 +59,15 @@ def notify_page(service: CometService, query_string: str, *, token_field: bool) 
         waiting=service.hub.waiting, token_field=(
             '<label>Token <input name="token" type="password"></label>' if token_field else ""))
     return (200, page.encode(), HTML, ())
+
+
+def login_page(status: int) -> Reply:
+    """The Notify page's form without the channels, for a browser that has not given the
+    admin token yet (a correct submit sets the cookie that shows the whole page)."""
+    page = _template("notify.html").substitute(
+        rows='<tr><td colspan="2">send the admin token with a notification to see the channels</td></tr>',
+        sent="", waiting="?", token_field='<label>Token <input name="token" type="password" required></label>')
+    return (status, page.encode(), HTML, ())
 
 
 def _read(name: str) -> bytes:

@@ -1,12 +1,15 @@
 """``GET /register``: the long-poll transport, a thin adapter over the service.
 
 Most of the traffic is this route, so it is kept flat: parse, subscribe, wait,
-encode, with no per-poll object beyond what those steps need. The server's fast
+encode, with no per-poll object beyond what those steps need. Authorization
+(:mod:`geventcomet.access`) is one flag check when tokens are off and there is no hook,
+and one dict lookup for a re-poll with the same token. The server's fast
 path reaches it through the web layer's ``respond()`` like every other route.
 """
 from __future__ import annotations
 
 from . import protocol
+from .access import Access
 from .replies import JSON, Reply
 from .service import CometService
 
@@ -14,15 +17,19 @@ from .service import CometService
 class LongPoll:
     """``GET /register`` over one :class:`~geventcomet.service.CometService`."""
 
-    def __init__(self, service: CometService) -> None:
+    def __init__(self, service: CometService, access: Access | None = None) -> None:
         self.service = service
+        #: Who may read what; with tokens off and no hook it is not asked (one flag check).
+        self.access = access or Access(service.config)
 
     def register(self, environ: dict) -> Reply:
         """Answer one poll: events, or a timeout, or (at shutdown) 503 "reconnect" with the cursor."""
         service = self.service
         service.refuse_if_full()
         req = service.parse_register(environ.get("QUERY_STRING", ""))
-        client, channels, positions = service.subscribe(req)
+        access = self.access
+        sub = access.check_read(environ, req.channels, req.client) if access.active else None
+        client, channels, positions = service.subscribe(req, sub)
         result = service.wait(channels, positions, req.cursor.epoch, req.timeout_s,
                               environ.get("geventcomet.socket") or environ.get("gunicorn.socket"))
         cursor = protocol.encode_cursor(result.epoch, result.positions)

@@ -37,6 +37,7 @@ import socket
 from typing import Iterator
 
 from . import protocol
+from .access import Access
 from .errors import BackendError, ClientGone, CometError, Unavailable
 from .longpoll import PollResult
 from .peer import Peer
@@ -136,8 +137,10 @@ class StreamEndpoint:
     """
 
     def __init__(self, service: CometService, *, heartbeat_s: float = HEARTBEAT_S,
-                 retry_ms: tuple[int, int] = RETRY_MS) -> None:
+                 retry_ms: tuple[int, int] = RETRY_MS, access: Access | None = None) -> None:
         self.service = service
+        #: Who may read what (EventSource sends its token as ``?token=``).
+        self.access = access or Access(service.config)
         #: Seconds between heartbeat comments on an idle stream.
         self.heartbeat_s = heartbeat_s
         #: Range the per-stream ``retry:`` (ms) is drawn from.
@@ -151,7 +154,9 @@ class StreamEndpoint:
         service.refuse_if_full()
         req = service.parse_register(environ.get("QUERY_STRING", ""), resumable=True,
                                      last_event_id=environ.get("HTTP_LAST_EVENT_ID"))
-        client, channels, positions = service.subscribe(req)
+        access = self.access
+        sub = access.check_read(environ, req.channels, req.client) if access.active else None
+        client, channels, positions = service.subscribe(req, sub)
         # The first read does not wait: its positions are the hello's cursor.
         first = service.wait(channels, positions, req.cursor.epoch, 0, None)
         sock = environ.get("geventcomet.socket") or environ.get("gunicorn.socket")
@@ -184,7 +189,7 @@ class StreamEndpoint:
                 first = False
                 positions = start_positions(result)
         except (CometError, BackendError) as exc:  # the backend failed: end it, the browser retries
-            log.warning("ending stream for %s: %s", client, getattr(exc, "message", exc))
+            log.warning("ending a stream: %s", getattr(exc, "message", exc))  # never the client id: a credential
         finally:
             streams.open -= 1
 
