@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from .config import Config
 from .errors import AuthRefused
@@ -214,3 +214,27 @@ class AuthRequest:
             address = getattr(environ.get("geventcomet.socket"), "address", None)
             peer = address[0] if isinstance(address, tuple) else None
         return cls(headers, cookies, query, peer)
+
+
+#: Query parameters that carry credentials or positions: never written to a log.
+SECRET_PARAMETERS = frozenset({"token", "client", "since", "last_event_id"})
+
+
+def masked_request_line(line: str) -> str:
+    """``GET /register?channel=a&token=T HTTP/1.1`` with every secret value as ``***``
+    (a parameter name is compared decoded, so ``tok%65n=`` is masked too)."""
+    method, _, rest = line.partition(" ")
+    target, _, version = rest.partition(" ")
+    path, question, query = target.partition("?")
+    if not question:
+        return line
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        parts.append(f"{name}=***" if equals and unquote_plus(name) in SECRET_PARAMETERS else part)
+    return f"{method} {path}?{'&'.join(parts)}{' ' if version else ''}{version}"
+
+
+def masked_channel(channel: str) -> str:
+    """A channel name for a log line: a private channel's name is its client id, a credential."""
+    return "@***" if channel.startswith("@") else channel

@@ -45,6 +45,7 @@ from functools import lru_cache
 import gevent
 from gevent.pywsgi import WSGIHandler, format_date_time
 
+from .auth import masked_request_line
 from .errors import ClientGone
 from .http_input import Headers, HeadersTooLarge, RequestBody
 from .http_rules import HeadError, check_head, parse_request_line
@@ -176,6 +177,14 @@ class CometHandler(WSGIHandler):
     def log_request(self):
         if self.server.access_log_enabled:  # pywsgi formats the line even for its no-op log
             super().log_request()
+
+    def format_request(self):
+        # The access log never shows a token, a (signed) client id or a cursor.
+        line, self.requestline = self.requestline, masked_request_line(self.requestline or "")
+        try:
+            return super().format_request()
+        finally:
+            self.requestline = line
 
     def _handle_client_error(self, ex):
         who = self.client_address

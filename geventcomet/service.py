@@ -224,7 +224,8 @@ class CometService:
         woken = self.hub.waiter_count(channel)
         seq = self._backend(self.backend.publish, channel, req.data_json, idempotency_key)
         self.stats.published += 1
-        log.debug("published %s#%d to %d waiters", channel, seq, woken)
+        shown = "@***" if channel[0] == "@" else channel  # @ID names a client id: a credential
+        log.debug("published %s#%d to %d waiters", shown, seq, woken)
         return Published(channel, seq, woken)
 
     # -- looking on ----------------------------------------------------------
