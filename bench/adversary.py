@@ -107,13 +107,14 @@ def normal_load(port: int, clients: int, duration_s: float, interval_s: float, p
         return "before" if elapsed < phases[0] else "during" if elapsed < phases[1] else "after"
 
     def client(i: int) -> None:
-        cursor = ""
+        cursor = client_id = ""  # the id the server mints on the first poll (a chosen one is refused)
         conn = None
         while time.monotonic() < end + 2:
             try:
                 conn = conn or Conn(port)
-                path = f"/register?channel={NORMAL_CHANNEL}&timeout=5&client=n{i}"
-                status, body = conn.request("GET", path + (f"&since={cursor}" if cursor else ""))
+                path = f"/register?channel={NORMAL_CHANNEL}&timeout=5"
+                path += (f"&client={client_id}" if client_id else "") + (f"&since={cursor}" if cursor else "")
+                status, body = conn.request("GET", path)
             except (OSError, ConnectionError, ValueError):
                 errors[0] += 1
                 conn = None
@@ -125,7 +126,7 @@ def normal_load(port: int, clients: int, duration_s: float, interval_s: float, p
                 gevent.sleep(0.2)
                 continue
             reply = json.loads(body)
-            cursor = reply["cursor"]
+            cursor, client_id = reply["cursor"], reply["client"]
             gaps[0] += not reply["recovered"] and bool(received[i])
             for event in reply["events"]:
                 received[i].append(event["id"])

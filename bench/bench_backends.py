@@ -140,7 +140,7 @@ def sqlite_lock(hold_s: float) -> dict:
         try:
             http = requests.Session()
             http.post(srv.url + "/notify", json={"channel": "news", "data": 0})
-            http.get(srv.url + "/register", params={"channel": "news", "client": "c", "timeout": 0})
+            client = http.get(srv.url + "/register", params={"channel": "news", "timeout": 0}).json()["client"]
             holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, path, str(hold_s)],
                                       stdout=subprocess.PIPE, text=True)
             assert holder.stdout.readline().strip() == "locked"
@@ -148,7 +148,7 @@ def sqlite_lock(hold_s: float) -> dict:
             t0, worst, polls = time.perf_counter(), 0.0, 0
             while time.perf_counter() - t0 < hold_s * 0.9:
                 t = time.perf_counter()
-                http.get(srv.url + "/register", params={"channel": "news", "client": "c", "timeout": 0,
+                http.get(srv.url + "/register", params={"channel": "news", "client": client, "timeout": 0,
                                                         "since": 1})
                 worst, polls = max(worst, time.perf_counter() - t), polls + 1
             notify_s = blocked.get(timeout=hold_s + 10)

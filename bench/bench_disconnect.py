@@ -19,7 +19,7 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 
-from geventcomet import Config, make_app  # noqa: E402
+from geventcomet import Config, clientid, make_app  # noqa: E402
 from geventcomet.server import make_server, raise_open_file_limit  # noqa: E402
 
 
@@ -36,18 +36,21 @@ def main() -> None:
     server = make_server(config, app)
     server.start()
     freed_at: dict[int, float] = {}  # client index -> when its waiter was freed
+    ids = [clientid.mint(app.backend.client_secret()) for _ in range(args.clients)]  # as the server mints them
+    index_of = {"@" + client: i for i, client in enumerate(ids)}
     unpark = app.hub.unpark
 
     def timed_unpark(waiter, channels):
         unpark(waiter, channels)
-        freed_at[int(channels[-1].removeprefix("@c"))] = time.perf_counter()  # "@c<i>": client i
+        freed_at[index_of[channels[-1]]] = time.perf_counter()  # the private channel names the client
     app.hub.unpark = timed_unpark
 
     with gevent.Timeout(60):
         socks = []
         for i in range(args.clients):
             sock = socket.create_connection(("127.0.0.1", server.server_port))
-            sock.sendall(b"GET /register?channel=gone&timeout=100&client=c%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+            sock.sendall(b"GET /register?channel=gone&timeout=100&client=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                         % ids[i].encode())
             socks.append(sock)
         while app.hub.waiting < args.clients:
             app.hub.next_change().wait()

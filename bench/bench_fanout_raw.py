@@ -22,6 +22,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
+import secrets  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -31,7 +32,12 @@ import requests  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from geventcomet import clientid  # noqa: E402
 from tests.helpers import ServerProcess  # noqa: E402
+
+#: The server's --client-secret: each client re-polls with an id minted here, as the server
+#: would have minted it (a chosen id is refused), without parsing a first reply.
+CLIENT_SECRET = secrets.token_urlsafe(32)
 
 
 def cpu_s(pid: int) -> float:
@@ -58,7 +64,9 @@ class Arrivals:
 
 
 def client(port: int, i: int, arrivals: Arrivals, channel: str, rounds: int) -> None:
-    request = b"GET /register?channel=%s&timeout=100&client=c%d HTTP/1.1\r\nHost: x\r\n\r\n" % (channel.encode(), i)
+    client_id = clientid.mint(CLIENT_SECRET.encode())
+    request = b"GET /register?channel=%s&timeout=100&client=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (
+        channel.encode(), client_id.encode())
     with socket.create_connection(("127.0.0.1", port)) as sock:
         for _ in range(rounds):
             sock.sendall(request)
@@ -122,7 +130,8 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with gevent.Timeout(300):
         for n in map(int, args.sizes.split(",")):  # a fresh server per size
-            server = ServerProcess("--test-hooks", python_args=python_args)  # /stats?waiting=N
+            server = ServerProcess("--test-hooks", "--client-secret", CLIENT_SECRET,  # /stats?waiting=N
+                                   python_args=python_args)
             try:
                 print("\n".join(fanout(server.url, server.proc.pid, n, args.rounds)), flush=True)
             finally:

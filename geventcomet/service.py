@@ -172,8 +172,9 @@ class CometService:
     def choose_client(self, req: protocol.RegisterRequest, sub: str | None = None) -> str:
         """The client id a request proves: ``sub`` (a verified token's subject) when given,
         else the id it names if this server minted it, else a fresh one. A request naming
-        an id it does not prove, or whose cursor names another client's private channel,
-        is refused (403 ``auth: "client"``): an id alone is no credential."""
+        an id it does not prove, or whose cursor names ``@ID`` of an ID that does not verify,
+        is refused (403 ``auth: "client"``): a chosen id is no credential. Only the chosen
+        client's private channel is ever read, whatever else the cursor names."""
         named = req.client
         if sub is not None:
             if named is not None and named != sub:
@@ -188,9 +189,10 @@ class CometService:
         else:
             raise client_refused("client id not issued by this server: register without client= "
                                  "(and without the old cursor's private position)")
-        for channel in req.cursor.positions:  # a few entries; the cursor was parsed already
-            if channel[0] == protocol.PRIVATE_PREFIX and channel != protocol.PRIVATE_PREFIX + client:
-                raise client_refused("cursor names another client's private channel")
+        own = protocol.PRIVATE_PREFIX + client
+        for channel in req.cursor.positions:  # a few entries; only the client's own is ever read
+            if channel[0] == protocol.PRIVATE_PREFIX and channel != own and not self.client_ids.verify(channel[1:]):
+                raise client_refused("the cursor names a private channel of a client id not issued by this server")
         return client
 
     def refresh(self, client: str) -> None:

@@ -12,7 +12,7 @@ import json
 import gevent
 import pytest
 
-from geventcomet import Config, protocol
+from geventcomet import Config, clientid, protocol
 from geventcomet.backends.memory import MemoryBackend
 from geventcomet.backends.redis import RedisBackend
 from geventcomet.backends.sqlite import SQLiteBackend
@@ -62,21 +62,22 @@ def test_a_new_client_past_the_bound_gets_503_and_expiry_frees_room(kind, open_b
     clock = Clock()
     server = start_server(backend=open_backend(kind, clock, max_clients_total=2), **SETTINGS)
     comet = Comet(server.url)
-    a = comet.register(client="a", timeout=0)
-    comet.register(client="b", timeout=0)
-    assert comet.notify(client="a", data="kept")["id"] == 1
-    for params in ({"client": "c", "timeout": 0}, {"channel": "public", "timeout": 0}):  # named, or a fresh id
+    a, b, c = (clientid.mint(server.app.backend.client_secret()) for _ in range(3))  # ids as the server mints them
+    start = comet.register(client=a, timeout=0)
+    comet.register(client=b, timeout=0)
+    assert comet.notify(client=a, data="kept")["id"] == 1
+    for params in ({"client": c, "timeout": 0}, {"channel": "public", "timeout": 0}):  # named, or a fresh id
         reply = comet.http.get(server.url + "/register", params=params, timeout=10)
         refused(reply, "--max-clients-total", 2)
     # the clients already held carry on: refreshed, notified, their events intact
-    again = comet.register(client="a", since=a["cursor"], timeout=0)
+    again = comet.register(client=a, since=start["cursor"], timeout=0)
     assert [e["data"] for e in again["events"]] == ["kept"] and again["recovered"] is True
-    assert comet.notify(client="b", data="also")["id"] == 1
+    assert comet.notify(client=b, data="also")["id"] == 1
     assert comet.notify("public", "news")["id"] == 1
     assert comet.stats()["clients"] == 2
     clock.now += 300  # both go quiet past the TTL
-    assert sorted(server.app.backend.expire_idle()) == ["a", "b"]
-    assert comet.register(client="c", timeout=0)["client"] == "c"
+    assert sorted(server.app.backend.expire_idle()) == sorted([a, b])
+    assert comet.register(client=c, timeout=0)["client"] == c
     assert comet.stats()["clients"] == 1
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from geventcomet import Config
+from geventcomet import Config, clientid
 from geventcomet.backends.memory import MemoryBackend
 from geventcomet.backends.redis import RedisBackend
 from geventcomet.backends.sqlite import SQLiteBackend
@@ -39,17 +39,18 @@ def test_an_old_cursor_after_a_reregistration_is_told_not_recovered(backend_url,
     clock = Clock()
     server = start_server(backend=open_with_clock(backend_url, clock, **SETTINGS), **SETTINGS)
     comet = Comet(server.url)
-    start = comet.register(client="c", timeout=0)
-    assert [comet.notify(client="c", data=i)["id"] for i in (1, 2)] == [1, 2]
-    seen = comet.register(client="c", since=start["cursor"], timeout=0)
-    assert [e["id"] for e in seen["events"]] == [1, 2] and seen["cursor"].endswith("@c~2")
+    c = clientid.mint(server.app.backend.client_secret())  # an id as the server mints them
+    start = comet.register(client=c, timeout=0)
+    assert [comet.notify(client=c, data=i)["id"] for i in (1, 2)] == [1, 2]
+    seen = comet.register(client=c, since=start["cursor"], timeout=0)
+    assert [e["id"] for e in seen["events"]] == [1, 2] and seen["cursor"].endswith(f"@{c}~2")
     clock.now += 300  # quiet past the TTL
-    assert server.app.backend.expire_idle() == ["c"]
-    comet.notify(client="c", data="lost", expect=404)
-    comet.register(client="c", timeout=0)  # a new poll registers c again
-    again = [comet.notify(client="c", data=i)["id"] for i in (3, 4, 5)]
+    assert server.app.backend.expire_idle() == [c]
+    comet.notify(client=c, data="lost", expect=404)
+    comet.register(client=c, timeout=0)  # a new poll registers c again
+    again = [comet.notify(client=c, data=i)["id"] for i in (3, 4, 5)]
     assert again[0] > 2 and again == list(range(again[0], again[0] + 3))
-    reply = comet.register(client="c", since=seen["cursor"], timeout=0)
+    reply = comet.register(client=c, since=seen["cursor"], timeout=0)
     assert reply["recovered"] is False  # never a silent skip
     assert [e["id"] for e in reply["events"]] == again and [e["data"] for e in reply["events"]] == [3, 4, 5]
 

@@ -121,14 +121,17 @@ def test_a_cursor_from_another_epoch_is_not_recovered(comet):
 
 
 def test_a_notify_can_target_one_registered_client(server, comet):
-    me = comet.register(timeout=0, client="alice")
-    other = comet.register("shared", timeout=0, client="bob")
-    mine = gevent.spawn(comet.register, since=me["cursor"], client="alice", timeout=20)
-    theirs = gevent.spawn(Comet(server.url).register, "shared", since=other["cursor"], client="bob", timeout=1)
+    me = comet.register("hello", timeout=0)  # the server mints the ids
+    alice = me["client"]
+    me = comet.register(timeout=0, client=alice)
+    other = comet.register("shared", timeout=0)
+    mine = gevent.spawn(comet.register, since=me["cursor"], client=alice, timeout=20)
+    theirs = gevent.spawn(Comet(server.url).register, "shared", since=other["cursor"], client=other["client"],
+                          timeout=1)
     server.wait_waiting(2)
-    reply = comet.notify(client="alice", data="just you")
-    assert reply["channel"] == "@alice" and reply["woken"] == 1
-    assert mine.get(timeout=5)["events"] == [{"channel": "@alice", "id": 1, "data": "just you"}]
+    reply = comet.notify(client=alice, data="just you")
+    assert reply["channel"] == "@" + alice and reply["woken"] == 1
+    assert mine.get(timeout=5)["events"] == [{"channel": "@" + alice, "id": 1, "data": "just you"}]
     assert theirs.get(timeout=5)["events"] == []
 
 
@@ -142,14 +145,14 @@ def test_registrations_expire_after_the_idle_time(start_server):
     config = Config(port=0, client_ttl_s=200)
     server = start_server(backend=MemoryBackend(config, clock=lambda: now[0]), client_ttl_s=200)
     comet = Comet(server.url)
-    comet.register(timeout=0, client="idle")
-    comet.register(timeout=0, client="busy")
+    idle = comet.register("hello", timeout=0)["client"]
+    busy = comet.register("hello", timeout=0)["client"]
     now[0] += 150
-    comet.register(timeout=0, client="busy")
+    comet.register(timeout=0, client=busy)
     now[0] += 100
-    assert server.app.backend.expire_idle() == ["idle"]
-    comet.notify(client="idle", data=1, expect=404)
-    assert comet.notify(client="busy", data=1)["id"] == 1
+    assert server.app.backend.expire_idle() == [idle]
+    comet.notify(client=idle, data=1, expect=404)
+    assert comet.notify(client=busy, data=1)["id"] == 1
     assert comet.stats()["clients"] == 1
 
 

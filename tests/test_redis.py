@@ -15,7 +15,7 @@ import redis
 import requests
 from gevent.event import Event
 
-from geventcomet import Config
+from geventcomet import Config, clientid
 from geventcomet.backends import EMPTY_PAGE, open_backend
 from geventcomet.backends import redis_scripts as scripts
 from geventcomet.errors import BackendError
@@ -37,11 +37,11 @@ def redis_servers(start_server, redis_url):
 
 def poll_forever(url, channel, log, stop, changes=None):
     """A client polling with its cursor; records every reply's events, epoch and recovered flag."""
-    http, cursor = requests.Session(), None
+    http, cursor, client = requests.Session(), None, None
     while not stop.is_set():
-        params = {"channel": channel, "timeout": 1, "client": "poller"}
+        params = {"channel": channel, "timeout": 1}
         if cursor:
-            params["since"] = cursor
+            params["since"], params["client"] = cursor, client  # the id the server minted
         try:
             reply = http.get(url + "/register", params=params, timeout=10)
         except requests.RequestException:
@@ -52,7 +52,7 @@ def poll_forever(url, channel, log, stop, changes=None):
             continue
         body = reply.json()
         log.append(body)
-        cursor = body["cursor"]
+        cursor, client = body["cursor"], body["client"]
         if changes is not None:
             changes.changed()
 
@@ -160,10 +160,11 @@ def test_a_notify_on_one_process_wakes_waiters_on_another(redis_servers):
 
 def test_targeted_client_notify_crosses_processes(redis_servers):
     a, b = redis_servers(), redis_servers()
-    poll = gevent.spawn(Comet(a.url).register, "news", client="alice", timeout=10)
+    alice = Comet(a.url).register("news", timeout=0)["client"]  # minted by a
+    poll = gevent.spawn(Comet(a.url).register, "news", client=alice, timeout=10)
     a.wait_waiting(1)
-    assert Comet(b.url).notify(client="alice", data="hi")["id"] == 1
-    assert poll.get(timeout=5)["events"] == [{"channel": "@alice", "id": 1, "data": "hi"}]
+    assert Comet(b.url).notify(client=alice, data="hi")["id"] == 1
+    assert poll.get(timeout=5)["events"] == [{"channel": "@" + alice, "id": 1, "data": "hi"}]
     Comet(b.url).notify(client="nobody", data="x", expect=404)
 
 
@@ -204,7 +205,7 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
 
     def client(i):
         http = requests.Session()
-        params = {"channel": "news", "client": f"c{i}", "timeout": 0}
+        params = {"channel": "news", "client": clientid.mint(backend.client_secret()), "timeout": 0}
         go.wait()
         first = http.get(server.url + "/register", params=params, timeout=30)
         statuses.append(first.status_code)

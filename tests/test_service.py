@@ -65,10 +65,11 @@ def test_subscribe_mints_a_client_with_its_private_channel_last(service):
 
 
 def test_subscribe_starts_at_the_cursor(service):
-    client, channels, _ = subscribe(service, "channel=a&client=me&since=ep~a~3~@me~1~other~9")
-    assert (client, channels) == ("me", ("a", "@me"))
-    _, _, positions = subscribe(service, "channel=a&client=me&since=ep~a~3~@me~1~other~9")
-    assert positions == {"a": 3, "@me": 1}  # the cursor's other channels are not polled
+    me, _, _ = subscribe(service, "channel=a")  # a server-minted id: a chosen one is refused
+    client, channels, _ = subscribe(service, f"channel=a&client={me}&since=ep~a~3~@{me}~1~other~9")
+    assert (client, channels) == (me, ("a", "@" + me))
+    _, _, positions = subscribe(service, f"channel=a&client={me}&since=ep~a~3~@{me}~1~other~9")
+    assert positions == {"a": 3, "@" + me: 1}  # the cursor's other channels are not polled
 
 
 def test_wait_answers_at_once_with_news_and_at_a_zero_timeout_without(service):

@@ -38,7 +38,7 @@ def test_kill_9_during_notifies_loses_no_acknowledged_event(tmp_path):
     first = ServerProcess("--backend", url)
     try:
         comet = Comet(first.url)
-        start = comet.register("news", client="alice", timeout=0)  # position 0, with the epoch
+        start = comet.register("news", timeout=0)  # position 0, with the epoch and a minted client id
         assert start["timeout"] is True
         acked: dict[str, list[int]] = {"news": [], "sports": []}
         stop, changes = gevent.event.Event(), Changes()
@@ -61,7 +61,7 @@ def test_kill_9_during_notifies_loses_no_acknowledged_event(tmp_path):
             assert got == list(range(1, len(got) + 1))  # contiguous, in order
             assert set(acked[channel]) <= set(got)  # every acknowledged event is there
             assert comet.notify(channel, "after")["id"] == got[-1] + 1  # ids continue, none reused
-        assert comet.notify(client="alice", data="hi")["id"] == 1  # the registration survived
+        assert comet.notify(client=start["client"], data="hi")["id"] == 1  # the registration survived
     finally:
         second.stop()
 

@@ -98,12 +98,13 @@ def test_a_client_alternating_workers_misses_nothing(workers):
                 reply = notifier.post(server.url + "/notify", json={"channel": "news", "data": n}, timeout=5)
                 sent.append(reply.json()["id"])
 
-    cursor = poll(one, server.url, "news", timeout=0, client="roamer")["cursor"]
+    first = poll(one, server.url, "news", timeout=0)  # the id one worker mints, every worker accepts
+    cursor, roamer = first["cursor"], first["client"]
     job = gevent.spawn(notify_meanwhile)
     got = []
     for i in range(30):
         polled.set()
-        reply = poll((one, two)[i % 2], server.url, "news", cursor, timeout=1, client="roamer")
+        reply = poll((one, two)[i % 2], server.url, "news", cursor, timeout=1, client=roamer)
         assert reply["recovered"] is True
         got.extend(e["id"] for e in reply["events"])
         cursor = reply["cursor"]
@@ -111,7 +112,7 @@ def test_a_client_alternating_workers_misses_nothing(workers):
     polled.set()
     job.get(timeout=10)
     while len(got) < len(sent):  # drain what was published after the last poll
-        reply = poll(two, server.url, "news", cursor, timeout=1, client="roamer")
+        reply = poll(two, server.url, "news", cursor, timeout=1, client=roamer)
         got.extend(e["id"] for e in reply["events"])
         cursor = reply["cursor"]
     assert got == sent == list(range(1, len(sent) + 1))
