@@ -60,7 +60,7 @@ class Access:
         claims = self.tokens.claims(token) if token is not None else None
         needed = [c for c in channels if not self._readable(c, claims)]
         if needed and self.hook is not None:
-            granted = self.hook.granted(environ, channels, client, token)
+            granted = self.hook.granted(environ, channels, needed, client, token)
             needed = [c for c in needed if c not in granted]
         if needed:
             if token is None and self.hook is None:

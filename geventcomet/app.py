@@ -250,7 +250,7 @@ def make_app(config: Config, backend: Backend | None = None, authorize: Authoriz
     if authorize is None and config.authorizer:
         authorize = load_authorizer(config.authorizer)
     access = Access(config, authorize)
-    if not access.tokens.enabled:
-        log.warning("no --token-secret or --token-public-key: every channel is public (readable by "
-                    "anyone who names it)%s", "; the authorizer decides" if authorize else "")
+    if not access.active:
+        log.warning("no --token-secret, --token-public-key or --authorizer: every channel is public "
+                    "(readable by anyone who names it)")
     return CometApp(CometService(config, backend or open_backend(config)), access)

@@ -62,16 +62,17 @@ class AuthorizationHook:
         self.failures = 0
         self._grants: dict[str, Grant] = {}
 
-    def granted(self, environ: dict, channels: tuple[str, ...], client: str | None,
+    def granted(self, environ: dict, channels: tuple[str, ...], needed: list[str], client: str | None,
                 token: str | None) -> frozenset[str]:
-        """The channels of ``channels`` the hook grants this request (remembered)."""
+        """The channels of ``channels`` the hook grants this request; remembered when it grants
+        every one of ``needed`` (those no token or public pattern covers)."""
         key = identity(environ, client, token)
         grant = self._grants.get(key) if key is not None else None
         now = self.clock()
         if grant is not None and grant.until > now and grant.asked == channels:
             return grant.granted
         granted = self._ask(environ, channels)
-        if key is not None:
+        if key is not None and granted.issuperset(needed):
             grants = self._grants
             grants.pop(key, None)
             if len(grants) >= self.max_entries:
