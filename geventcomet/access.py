@@ -55,10 +55,16 @@ class Access:
     # -- reading ---------------------------------------------------------------
 
     def check_read(self, environ: dict, channels: tuple[str, ...], client: str | None) -> str | None:
-        """Refuse (:class:`AuthRefused`) unless every channel may be read; the token's ``sub``."""
+        """Refuse (:class:`AuthRefused`) unless every channel may be read; the token's ``sub``.
+        Called only when :attr:`active` (else every channel is readable)."""
         token = request_token(environ) if self.tokens.enabled else None
         claims = self.tokens.claims(token) if token is not None else None
-        needed = [c for c in channels if not self._readable(c, claims)]
+        public = self.public.covers
+        if claims is None:
+            needed = [c for c in channels if not public(c)]
+        else:
+            claimed = claims.channels.covers
+            needed = [c for c in channels if not (public(c) or claimed(c))]
         if needed and self.hook is not None:
             granted = self.hook.granted(environ, channels, needed, client, token)
             needed = [c for c in needed if c not in granted]
@@ -68,13 +74,6 @@ class Access:
                                              "Bearer TOKEN (or ?token=TOKEN)", status=401)
             raise AuthRefused("channel", f"no access to channel {needed[0]}")
         return claims.sub if claims is not None else None
-
-    def _readable(self, channel: str, claims: Claims | None) -> bool:
-        if self.public.covers(channel):
-            return True
-        if claims is not None:
-            return claims.channels.covers(channel)
-        return not self.tokens.enabled and self.hook is None
 
     # -- publishing and the admin ------------------------------------------------
 

@@ -54,9 +54,13 @@ class Patterns:
     def covers(self, channel: str) -> bool:
         if channel in self.exact:
             return True
-        private = channel.startswith("@")
-        # "@*" covers private channels; "" (from "*") only public ones.
-        return any(channel.startswith(p) and (p.startswith("@") or not private) for p in self.prefixes)
+        if self.prefixes:  # a plain loop: a poll asks this for each of its channels
+            private = channel[0] == "@"
+            for prefix in self.prefixes:
+                # "@*" covers private channels; "" (from "*") only public ones.
+                if channel.startswith(prefix) and (not private or prefix[:1] == "@"):
+                    return True
+        return False
 
     def __bool__(self) -> bool:
         return bool(self.exact or self.prefixes)
