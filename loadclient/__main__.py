@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .report import Report
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-prefix", default=None, help="channel name prefix (default lc-RUNID-)")
     p.add_argument("--no-idempotency", dest="idempotency", action="store_false",
                    help="send notifies without an Idempotency-Key")
+    p.add_argument("--token", default=os.environ.get("LOADCLIENT_TOKEN") or None,
+                   help="bearer token sent as Authorization: Bearer on every poll and notify, for a "
+                        "server with --token-secret (default: $LOADCLIENT_TOKEN; a token on the "
+                        "command line is visible in ps)")
     p.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the report here")
     p.add_argument("--interactive", "-i", action="store_true", help="console on stdin (see README)")

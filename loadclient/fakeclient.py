@@ -120,7 +120,7 @@ class FakeClient:
             report.in_flight += 1
             self.in_request = True
             try:
-                reply = self.conn.request("GET", self._target(timeout_s),
+                reply = self.conn.request("GET", self._target(timeout_s), headers=self.group.auth_header,
                                           timeout_s=timeout_s + REPLY_GRACE_S)
             except HTTPError as exc:
                 self._request_done()

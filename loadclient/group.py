@@ -15,7 +15,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 
 from .fakeclient import FakeClient
-from .httpconn import Connection, split_url
+from .httpconn import Connection, bearer_header, split_url
 from .report import Report
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,16 @@ class ClientGroup:
 
     def __init__(self, url: str, channels: Sequence[str], *, channels_per_client: int = 1,
                  poll_timeout_s: float = 20.0, first_index: int = 0, source: str | None = None,
-                 floor_for: Callable[[str], int] | None = None, think_s: float = 0.0) -> None:
+                 floor_for: Callable[[str], int] | None = None, think_s: float = 0.0,
+                 token: str | None = None) -> None:
         self.host, self.port = split_url(url)
         self.channels = list(channels)
         self.channels_per_client = channels_per_client
         self.poll_timeout_s = poll_timeout_s
         #: pause after each reply before polling again (0: at once)
         self.think_s = think_s
+        #: ``Authorization: Bearer`` header text sent with every poll ('' without a token)
+        self.auth_header = bearer_header(token)
         self.source = source
         self.floor_for = floor_for or (lambda channel: 0)
         self.report = Report()

@@ -205,3 +205,12 @@ def split_url(url: str) -> tuple[str, int]:
     if not host:
         return hostport, 80
     return host, int(port)
+
+
+def bearer_header(token: str | None) -> str:
+    """``Authorization: Bearer TOKEN`` as pre-formatted header text, or '' without a token."""
+    if not token:
+        return ""
+    if any(c in token for c in "\r\n"):
+        raise ValueError("a token cannot contain a line break")
+    return f"Authorization: Bearer {token}\r\n"

@@ -22,7 +22,7 @@ import gevent.lock
 from gevent.event import Event
 from gevent.queue import Queue
 
-from .httpconn import Connection, HTTPError, split_url
+from .httpconn import Connection, HTTPError, bearer_header, split_url
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,17 @@ class Notifier:
     :param report: the run's :class:`~loadclient.report.Report` (``events_sent``,
         ``end_markers_sent`` and ``notify_errors`` are counted there).
     :param idempotency: send an ``Idempotency-Key`` with every notify.
+    :param token: a bearer token sent with every notify (a server with tokens on).
     """
 
     def __init__(self, url: str, channels: Sequence[str], report, *, connections: int = 8,
-                 source: str | None = None, idempotency: bool = True, run_id: str | None = None) -> None:
+                 source: str | None = None, idempotency: bool = True, run_id: str | None = None,
+                 token: str | None = None) -> None:
         host, port = split_url(url)
         self.channels = list(channels)
         self.report = report
         self.idempotency = idempotency
+        self._auth_header = bearer_header(token)
         self.run_id = run_id or uuid.uuid4().hex[:8]
         count = max(1, min(connections, len(self.channels)))
         self.conns = [Connection(host, port, source, timeout_s=15.0) for _ in range(count)]
@@ -81,7 +84,7 @@ class Notifier:
             body = json.dumps({"channel": channel, "data": data}, separators=(",", ":")).encode()
             self._pending[channel] = body
         seq = self.started[channel]
-        headers = "Content-Type: application/json\r\n"
+        headers = "Content-Type: application/json\r\n" + self._auth_header
         if self.idempotency:
             headers += f"Idempotency-Key: lc-{self.run_id}-{channel}-{seq}\r\n"
         for attempt in range(NOTIFY_ATTEMPTS):

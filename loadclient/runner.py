@@ -71,6 +71,8 @@ class Options:
     progress: float = 1.0
     #: bound on the ramp phase; default from the ramp rate
     ready_timeout: float | None = None
+    #: bearer token sent as ``Authorization: Bearer`` on every poll and notify (tokens on)
+    token: str | None = None
 
     def channel_names(self, run_id: str) -> list[str]:
         prefix = self.channel_prefix if self.channel_prefix is not None else f"lc-{run_id}-"
@@ -94,7 +96,7 @@ class Run:
         self.notify_report = Report(clients=0)
         self.notifier = Notifier(options.url, self.channels, self.notify_report,
                                  connections=options.notify_connections,
-                                 idempotency=options.idempotency, run_id=self.run_id)
+                                 idempotency=options.idempotency, run_id=self.run_id, token=options.token)
         self.groups: list = []
         self.stop_requested = Event()
         self._progress: gevent.Greenlet | None = None
@@ -115,7 +117,7 @@ class Run:
             if opts.procs == 1:
                 group = ClientGroup(opts.url, self.channels, channels_per_client=opts.channels_per_client,
                                     poll_timeout_s=opts.poll_timeout, source=sources[i],
-                                    floor_for=self.notifier.floor, think_s=opts.think)
+                                    floor_for=self.notifier.floor, think_s=opts.think, token=opts.token)
                 group.add(share, opts.ramp)
             else:
                 from .worker import RemoteGroup
@@ -123,7 +125,8 @@ class Run:
                     "url": opts.url, "channels": self.channels, "clients": share,
                     "channels_per_client": opts.channels_per_client, "poll_timeout": opts.poll_timeout,
                     "first_index": first, "source": sources[i], "ramp": opts.ramp / opts.procs,
-                    "progress_interval": opts.progress or 1.0, "think": opts.think, "nice": opts.nice})
+                    "progress_interval": opts.progress or 1.0, "think": opts.think, "nice": opts.nice,
+                    "token": opts.token})
             first += share
             self.groups.append(group)
         if opts.progress > 0:

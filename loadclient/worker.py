@@ -96,7 +96,7 @@ def _worker_main() -> int:
         os.nice(spec["nice"])  # before the first connect: the ramp runs at this priority too
     group = ClientGroup(spec["url"], spec["channels"], channels_per_client=spec["channels_per_client"],
                         poll_timeout_s=spec["poll_timeout"], first_index=spec["first_index"],
-                        source=spec["source"], think_s=spec.get("think", 0.0))
+                        source=spec["source"], think_s=spec.get("think", 0.0), token=spec.get("token"))
 
     def say(message: dict) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
