@@ -53,6 +53,12 @@ def test_a_restarted_memory_server_reports_old_cursors_as_not_recovered():
     try:
         comet = Comet(second.url)
         comet.notify("r", "after the restart")
+        # The old cursor names the old process's client (@ID): its id was signed by a secret
+        # that died with it, so it is refused; without its private part the cursor resumes.
+        assert comet.register("r", since=cursor, expect=403)["auth"] == "client"
+        parts = cursor.split("~")
+        pairs = [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2) if not parts[i].startswith("@")]
+        cursor = "~".join([parts[0], *(item for pair in pairs for item in pair)])
         reply = comet.register("r", since=cursor)
         assert reply["recovered"] is False
         assert reply["epoch"] != cursor.split("~")[0]
