@@ -11,8 +11,14 @@ both alike:
 
 - ``off``: no token secret (channels are open, as before issue 13);
 - ``on``: ``GEVENTCOMET_TOKEN_SECRET`` set, and loadclient's ``--token`` sends one valid
-  HS256 token (``channels`` and ``publish`` ``["lc-*"]``, an hour to live) on every poll
-  and every notify: after the first request, each check is the cached verdict.
+  HS256 token (``channels`` ``["lc-*"]``, an hour to live) on every poll: after the
+  first poll, each check is the cached verdict.
+
+In both modes the server has an admin token (``GEVENTCOMET_NOTIFY_TOKEN``) and the
+notifies carry it (loadclient's ``--notify-token``), so the notify side costs the same
+and the difference is the polls'. ``--publish-token`` instead sends the JWT (with
+``publish`` ``["lc-*"]``) on the notifies too in the ``on`` mode, and none in ``off``:
+the cost of a browser that also publishes with its token.
 
 The bar (issue 13): the median CPU per delivery with tokens on is at most 5 % above the
 median with them off. The rows, medians and ranges go to stdout (markdown) and to
@@ -36,12 +42,15 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_HERE), _HERE]
 
 import bench_table  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 from loadclient import Options  # noqa: E402
+from loadclient.httpconn import HTTPError, bearer_header  # noqa: E402
 from loadclient.resources import raise_open_file_limit  # noqa: E402
 
 log = logging.getLogger("bench")
 SECRET_ENV = "GEVENTCOMET_TOKEN_SECRET"
+ADMIN_ENV = "GEVENTCOMET_NOTIFY_TOKEN"
 #: Allowed CPU-per-delivery overhead of tokens on over tokens off (issue 13).
 BAR = 1.05
 
@@ -54,22 +63,43 @@ def mint_token(secret: str) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+class AdminServerProcess(ServerProcess):
+    """bench_table's server process, whose ``/stats`` needs the admin token it was given."""
+
+    def stats(self) -> dict:
+        headers = bearer_header(os.environ.get(ADMIN_ENV))
+        try:
+            return json.loads(self._stats_conn.request("GET", "/stats", headers=headers).body)
+        except HTTPError:  # one retry: the server may have closed an idle keep-alive
+            return json.loads(self._stats_conn.request("GET", "/stats", headers=headers).body)
+
+
 @contextlib.contextmanager
-def tokens(secret: str | None):
-    """Within: bench_table's servers start with ``secret`` (None: tokens off) and its load
-    client sends a token signed with it. bench_table builds its ServerProcess (which inherits
-    this environment) and its loadclient Options itself; only those two are steered here."""
-    saved_env, saved_options = os.environ.pop(SECRET_ENV, None), bench_table.Options
+def steered(secret: str | None, publish_token: bool):
+    """Within: bench_table's servers start with an admin token and ``secret`` (None: tokens
+    off), and its load client polls with a token signed with it. bench_table builds its
+    ServerProcess (which inherits this environment) and its loadclient Options itself; only
+    those two names are steered here, so the cycle step itself is bench_table's, unchanged."""
+    saved = {name: os.environ.pop(name, None) for name in (SECRET_ENV, ADMIN_ENV)}
+    saved_server, saved_options = bench_table.ServerProcess, bench_table.Options
+    token = notify_token = None
     if secret is not None:
         os.environ[SECRET_ENV] = secret
-        bench_table.Options = functools.partial(Options, token=mint_token(secret))
+        token = mint_token(secret)
+    if publish_token:  # no admin token: the notifies carry the JWT (on) or nothing (off)
+        notify_token = token
+    else:
+        notify_token = os.environ[ADMIN_ENV] = os.urandom(16).hex()
+    bench_table.ServerProcess = AdminServerProcess
+    bench_table.Options = functools.partial(Options, token=token, notify_token=notify_token)
     try:
         yield
     finally:
-        os.environ.pop(SECRET_ENV, None)
-        if saved_env is not None:
-            os.environ[SECRET_ENV] = saved_env
-        bench_table.Options = saved_options
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+        bench_table.ServerProcess, bench_table.Options = saved_server, saved_options
 
 
 def load_average() -> float:
@@ -80,7 +110,7 @@ def load_average() -> float:
 def run_round(mode: str, args) -> dict:
     secret = os.urandom(24).hex() if mode == "on" else None
     load_before = load_average()
-    with tokens(secret):
+    with steered(secret, args.publish_token):
         row = bench_table.step_cycle(args)[0]
     return {"mode": mode, **row, "load_before": load_before, "load_after": load_average()}
 
@@ -107,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notify-connections", type=int, default=8)
     p.add_argument("--poll-timeout", type=float, default=60.0)
     p.add_argument("--progress", type=float, default=0.0)
+    p.add_argument("--publish-token", action="store_true",
+                   help="notifies carry the JWT (tokens on) or nothing (off), not the admin token")
     p.add_argument("--json", default=os.path.join(_HERE, "out", "auth.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bearer token sent as Authorization: Bearer on every poll and notify, for a "
                         "server with --token-secret (default: $LOADCLIENT_TOKEN; a token on the "
                         "command line is visible in ps)")
+    p.add_argument("--notify-token", default=os.environ.get("LOADCLIENT_NOTIFY_TOKEN") or None,
+                   help="bearer token for the notifies instead of --token, e.g. the server's admin "
+                        "token (default: $LOADCLIENT_NOTIFY_TOKEN)")
     p.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines (0: off)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the report here")
     p.add_argument("--interactive", "-i", action="store_true", help="console on stdin (see README)")

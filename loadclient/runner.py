@@ -71,8 +71,11 @@ class Options:
     progress: float = 1.0
     #: bound on the ramp phase; default from the ramp rate
     ready_timeout: float | None = None
-    #: bearer token sent as ``Authorization: Bearer`` on every poll and notify (tokens on)
+    #: bearer token sent as ``Authorization: Bearer`` on every poll, and on every notify
+    #: unless ``notify_token`` is given (a server with tokens on)
     token: str | None = None
+    #: bearer token for the notifies (e.g. the server's admin token); None: ``token``
+    notify_token: str | None = None
 
     def channel_names(self, run_id: str) -> list[str]:
         prefix = self.channel_prefix if self.channel_prefix is not None else f"lc-{run_id}-"
@@ -96,7 +99,8 @@ class Run:
         self.notify_report = Report(clients=0)
         self.notifier = Notifier(options.url, self.channels, self.notify_report,
                                  connections=options.notify_connections,
-                                 idempotency=options.idempotency, run_id=self.run_id, token=options.token)
+                                 idempotency=options.idempotency, run_id=self.run_id,
+                                 token=options.notify_token or options.token)
         self.groups: list = []
         self.stop_requested = Event()
         self._progress: gevent.Greenlet | None = None
