@@ -49,9 +49,15 @@ def test_the_demo_game_is_played_with_tokens(token_server, browser):
     browser.open("o", url + mint(channels, channels))
     browser.wait("o", "document.body.dataset.mark === 'O'")
     browser.wait("x", "demo.game.players.O !== null")
-    assert "token" not in browser.eval("o", "document.getElementById('share').href")  # a credential is not shared
+    # The token is a credential: out of the address (history, Referer) and the opponent's link.
+    assert browser.eval("o", "[location.search, document.getElementById('share').href.includes('token')]") == \
+        ["?game=sealed", False]
     marks = {"x": "X", "o": "O"}
-    play(browser, [("x", 0), ("o", 4), ("x", 1), ("o", 8), ("x", 2)], marks)  # X wins on the top row
+    play(browser, [("x", 0), ("o", 4), ("x", 1)], marks)
+    browser.call("reload", page="o")  # the tab keeps its token (sessionStorage) and replays the game
+    assert browser.wait("o", "document.getElementById('moves').textContent === 'X1 O5 X2' && "
+                             "document.body.dataset.mark") == "O"
+    play(browser, [("o", 8), ("x", 2)], marks)  # X wins on the top row
     for page, verdict in (("x", "X wins: you win!"), ("o", "X wins: you lose")):
         browser.wait(page, "document.body.dataset.winner === 'X'")
         assert browser.eval(page, "document.getElementById('status').textContent") == verdict

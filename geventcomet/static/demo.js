@@ -12,8 +12,9 @@
  *         {type: "move", player: ID, cell: 0..8}.
  *
  * On a server with tokens (--token-secret), open the page as /demo?game=G&token=JWT, the
- * token's `channels` and `publish` covering "ttt-G": the page passes it to the client. The
- * link shown for the opponent never carries this page's token (each player needs their own).
+ * token's `channels` and `publish` covering "ttt-G": the page passes it to the client, keeps
+ * it for this tab (sessionStorage, so a reload still has it) and takes it out of the address
+ * (so neither the history, the Referer of its requests nor the opponent's link carries it).
  */
 (function (root) {
   'use strict';
@@ -70,6 +71,12 @@
   }
 
   var params = new URLSearchParams(location.search);
+  var token = params.get('token') || sessionStorage.getItem('ttt-token') || '';
+  if (params.has('token')) {  // a credential: out of the address bar, the history and the Referer
+    sessionStorage.setItem('ttt-token', token);
+    params.delete('token');
+    history.replaceState(null, '', '?' + params);
+  }
   var gameId = (params.get('game') || '').replace(/[^a-z0-9]/g, '').slice(0, 32);
   if (!gameId) {
     gameId = randomId(8);
@@ -80,7 +87,7 @@
   sessionStorage.setItem('ttt-player', player);
   var channel = 'ttt-' + gameId;
   var game = newGame();
-  var comet = new GeventComet.Client({url: '', token: params.get('token') || ''});
+  var comet = new GeventComet.Client({url: '', token: token});
   var $ = function (id) { return document.getElementById(id); };
 
   var demo = root.demo = {game: game, player: player, channel: channel, events: [], gaps: 0, sub: null};
@@ -124,11 +131,8 @@
       });
     })(i);
   }
-  var shared = new URLSearchParams(params);
-  shared.delete('token');  // a token is a credential: the opponent gets their own
-  var shareUrl = location.origin + location.pathname + '?' + shared;
-  $('share').href = shareUrl;
-  $('share').textContent = shareUrl;
+  $('share').href = location.href;  // never with this page's token: the opponent needs their own
+  $('share').textContent = location.href;
   $('new').href = '?' + new URLSearchParams({game: randomId(8), transport: params.get('transport') || 'longpoll'});
 
   demo.sub = comet.subscribe([channel], {
