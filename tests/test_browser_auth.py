@@ -131,3 +131,18 @@ def test_a_client_id_the_server_never_signed_is_dropped_and_a_gap_reported(serve
     Comet(server.url).notify(client=client, data="just for you")
     assert browser.wait("p", "events.length === 2 && events[1]") == "just for you"
     assert browser.eval("p", "[errors, gaps.length]") == [[], 1]
+
+
+def test_publish_refreshes_an_expired_token_once(token_server, browser):
+    browser.open("p", token_server.url + "/example")
+    expired, fresh = mint([], ["news"], expires_in=-30), mint([], ["news"])
+    reply = browser.eval("p", f"""(([expired, fresh]) => {{
+      window.asked = 0;
+      const client = new GeventComet.Client({{token: () => asked++ === 0 ? expired : fresh}});
+      return client.publish('news', 'refreshed').then((r) => [r.id, asked]);
+    }})({json.dumps([expired, fresh])})""")
+    assert reply == [1, 2]
+    # A fixed token cannot be refreshed: its 401 is the caller's to handle, at once.
+    refused = browser.eval("p", f"new GeventComet.Client({{token: {json.dumps(expired)}}}).publish('news', 1)"
+                                ".then(() => 'sent', (e) => [e.status, e.body.auth])")
+    assert refused == [401, "expired"]
