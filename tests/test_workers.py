@@ -5,6 +5,7 @@ Real processes on one real port; a worker is told apart by the
 opening fresh keep-alive connections until one lands there (SO_REUSEPORT spreads
 them by address hash, so a few tries suffice).
 """
+import logging
 import os
 import signal
 import subprocess
@@ -158,8 +159,9 @@ def test_sigterm_to_the_parent_stops_every_worker_gracefully(workers):
         assert reply.status_code == 503 and reply.json()["reconnect"] is True
 
 
-def test_sighup_recycles_every_worker_while_clients_poll_and_lose_nothing(workers):
+def test_sighup_recycles_every_worker_while_clients_poll_and_lose_nothing(workers, caplog):
     """Workers replaced one at a time under load: new pids, every event delivered once."""
+    caplog.set_level(logging.DEBUG, logger="loadclient")  # a refused notify says why, on failure
     server = workers(2)
     before = {str(pid) for pid in server.ready.workers}
     the_run = Run(Options(url=server.url, clients=40, channels=4, notify_rate=100, poll_timeout=5,
