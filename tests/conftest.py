@@ -46,12 +46,12 @@ def start_server():
     """Factory: start an in-process server with Config overrides; stopped gracefully after the test."""
     running: list[RunningServer] = []
 
-    def start(backend=None, **overrides) -> RunningServer:
+    def start(backend=None, authorize=None, **overrides) -> RunningServer:
         overrides.setdefault("host", "127.0.0.1")
         overrides.setdefault("port", 0)
         config = Config(**overrides)
         from geventcomet import make_app
-        server = make_server(config, make_app(config, backend))
+        server = make_server(config, make_app(config, backend, authorize=authorize))
         server.start()
         running.append(RunningServer(server))
         return running[-1]

@@ -1,19 +1,14 @@
 """The authorization hook over real HTTP, and the Flask example docs/security.md quotes."""
 import logging
 
-import gevent
 import pytest
 import requests
 from flask import Flask, request, session
 from itsdangerous import BadSignature
 
-from geventcomet import Config, make_app
 from geventcomet.auth import AuthRequest
 from geventcomet.auth_hook import load_authorizer
 from geventcomet.errors import Forbidden
-from geventcomet.server import make_server
-
-from .helpers import RunningServer
 
 # -- the Flask example -------------------------------------------------------------------------
 # A Flask app that already has users signs its session cookie; geventcomet, mounted beside it
@@ -51,20 +46,9 @@ def flask_session_cookie(user: str) -> str:
 # -- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def hooked():
-    running = []
-
-    def start(authorize, **overrides):
-        config = Config(host="127.0.0.1", port=0, **overrides)
-        server = make_server(config, make_app(config, authorize=authorize))
-        server.start()
-        running.append(RunningServer(server))
-        return running[-1]
-
-    yield start
-    for item in running:
-        with gevent.Timeout(10):
-            item.stop()
+def hooked(start_server):
+    """Start a server with the authorization hook ``authorize``."""
+    return lambda authorize, **overrides: start_server(authorize=authorize, **overrides)
 
 
 def poll(server, *channels, headers=None, **params):
