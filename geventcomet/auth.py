@@ -102,6 +102,8 @@ class TokenVerifier:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
                  max_entries: int = MAX_CACHED_TOKENS) -> None:
         self.enabled = bool(config.token_secret or config.token_public_key)
+        if self.enabled:
+            require_jwt(bool(config.token_public_key))
         self.clock = clock
         self.max_entries = max_entries
         self._cache: dict[str, Claims] = {}
@@ -150,6 +152,17 @@ class TokenVerifier:
     def cached(self) -> int:
         """Verdicts held now (for ``/stats``)."""
         return len(self._cache)
+
+
+def require_jwt(public_key: bool) -> None:
+    """``ValueError`` (a start-up error, not a 500 per request) when tokens are configured but
+    PyJWT (or, for a public key, ``cryptography``) is not installed."""
+    try:
+        import jwt
+    except ImportError:
+        raise ValueError("tokens need PyJWT: pip install 'geventcomet[jwt]'") from None
+    if public_key and not jwt.algorithms.has_crypto:
+        raise ValueError("RS256/ES256 tokens need cryptography: pip install 'geventcomet[jwt]'")
 
 
 def load_public_key(path: str) -> Any:

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from geventcomet.auth import Patterns, masked_request_line
+from geventcomet.config import Config
 
 from .helpers import Clock
 
@@ -230,3 +231,21 @@ def test_patterns():
 def test_masked_request_line():
     line = masked_request_line("GET /register?channel=a&token=T0K&tok%65n=T1&since=E~a~1&client=C HTTP/1.1")
     assert line == "GET /register?channel=a&token=***&tok%65n=***&since=***&client=*** HTTP/1.1"
+
+
+def test_tokens_without_pyjwt_are_a_start_up_error_not_a_500(monkeypatch):
+    import builtins
+
+    from geventcomet import auth
+
+    real_import = builtins.__import__
+
+    def no_jwt(name, *args, **kwargs):
+        if name == "jwt":
+            raise ImportError("No module named 'jwt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_jwt)
+    with pytest.raises(ValueError, match=r"geventcomet\[jwt\]"):
+        auth.TokenVerifier(Config(token_secret="s"))
+    auth.TokenVerifier(Config())  # tokens off: PyJWT is not needed
