@@ -179,6 +179,8 @@ def test_sighup_recycles_every_worker_while_clients_poll_and_lose_nothing(worker
     finally:
         the_run.close()
     print(report.format_text())
+    if report.notify_errors:  # seen once in a full run: show the server's side too
+        print("".join(server.log[-60:]))
     assert len(after) == 2 and not after & before
     for pid in before:  # the old workers are gone, not left running beside the new ones
         with pytest.raises(ProcessLookupError):
