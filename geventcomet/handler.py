@@ -43,6 +43,7 @@ import time
 from functools import lru_cache
 
 import gevent
+from gevent import GreenletExit
 from gevent.pywsgi import WSGIHandler, format_date_time
 
 from .auth import masked_request_line
@@ -288,6 +289,9 @@ class CometHandler(WSGIHandler):
         # noted): nothing to write, and no traceback, since it is no fault of the server's.
         if isinstance(v, (ClientGone, SlowReader, BodyTimeout, ConnectionError)):
             self.close_connection = True
+            return
+        if isinstance(v, GreenletExit):  # killed by a stop that could not wait any longer:
+            self.close_connection = True  # no reply, so the client retries (not a 500 it trusts)
             return
         super().handle_error(t, v, tb)
 

@@ -286,3 +286,28 @@ def test_out_of_open_files_pauses_accepting_with_one_warning_and_serves_on():
         assert "Traceback" not in log
     finally:
         server.stop()
+
+
+def test_a_request_killed_by_a_stop_that_cannot_wait_gets_no_500(start_server):
+    """A notify still in the backend when a graceful stop gives up waiting is cut off without a
+    reply (the client retries, with its Idempotency-Key), never answered a 500 it would trust."""
+
+    class StuckPublishBackend(MemoryBackend):
+        def __init__(self, config):
+            super().__init__(config)
+            self.publishing = gevent.event.Event()
+
+        def publish(self, channel, data_json, idempotency_key=None):
+            self.publishing.set()
+            gevent.event.Event().wait()  # never returns: a backend that hangs
+            return 0
+
+    backend = StuckPublishBackend(Config(port=0))
+    server = start_server(backend=backend)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        body = b'{"channel":"c","data":1}'
+        sock.sendall(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        assert backend.publishing.wait(10)
+        server.stop()  # waits DRAIN_TIMEOUT_S for the notify, then kills it
+        assert sock.recv(65536) == b""  # closed, no "500 Internal Server Error"
