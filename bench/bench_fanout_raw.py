@@ -13,7 +13,7 @@ With ``--rounds R`` each client polls again at once after each event, and R noti
 are timed one after the other: per round, the time to the last client, the server's
 CPU per client (one delivery and one re-poll each) and its cyclic-collector time
 (``gc_collections``/``gc_s`` from /stats). ``--gc-young`` starts the server with
-that young-generation threshold instead of ``geventcomet.server.GC_THRESHOLDS``'s.
+that young-generation threshold instead of ``geventcomet.gctune.GC_THRESHOLDS``'s.
 """
 from gevent import monkey
 
@@ -124,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     python_args: tuple[str, ...] = ("-m", "geventcomet")
     if args.gc_young is not None:
-        python_args = ("-c", "import sys; from geventcomet.cli import main; import geventcomet.server as s; "
+        python_args = ("-c", "import sys; from geventcomet.cli import main; import geventcomet.gctune as s; "
                        f"s.GC_THRESHOLDS = ({args.gc_young}, *s.GC_THRESHOLDS[1:]); sys.exit(main(sys.argv[1:]))")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -4,8 +4,7 @@ What plain pywsgi lacks (measured against gevent's pywsgi): it has no timeouts a
 all (a slowloris holds a greenlet forever), buffers ~6 MB of headers, accepts ambiguous
 framing (Content-Length with Transfer-Encoding: a request hidden in a body runs),
 does not put the socket in the environ (so a hung-up client cannot be noticed),
-and writes headers and body in two sends (with Nagle, ~40 ms per keep-alive
-reply). This handler adds:
+and writes headers and body in two sends. This handler adds:
 
 - RFC 9112 head rules (:mod:`geventcomet.http_rules`): anything ambiguous gets a
   400 JSON error and the connection is closed;
@@ -37,14 +36,10 @@ Client faults (bad heads, timeouts, slow readers, hang-ups mid-body) are noted i
 from __future__ import annotations
 
 import io
-import logging
 import socket
-import time
-from functools import lru_cache
 
 import gevent
-from gevent import GreenletExit
-from gevent.pywsgi import WSGIHandler, format_date_time
+from gevent.pywsgi import WSGIHandler
 
 from .auth import masked_request_line
 from .errors import ClientGone
@@ -52,37 +47,17 @@ from .http_input import Headers, HeadersTooLarge, RequestBody
 from .http_rules import HeadError, check_head, parse_request_line
 from .misbehaviour import note
 from .peer import BodyTimeout, HeaderTimeout, IdleTimeout, Peer, SlowReader
-from .protocol import json_bytes
-from .replies import status_line, status_line_bytes
-
-log = logging.getLogger(__name__)
+from .replies import error_reply, http_date, status_line_bytes
 
 #: Read buffer per connection. A request head is a few hundred bytes; pywsgi's
 #: default of 8 KiB would be held by every parked client for its whole wait.
 RFILE_BUFFER_BYTES = 1024
 
 
-def error_reply(status: int, message: str) -> bytes:
-    """A whole ``Connection: close`` reply with a JSON ``{"error": message}``."""
-    body = json_bytes({"error": message})
-    return (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
-
-
 RESPONSE_408 = error_reply(408, "request headers did not arrive in time")
 RESPONSE_431 = error_reply(431, "request headers are too large")
 RESPONSE_414 = error_reply(414, "the request line is too long")
 RESPONSE_400 = error_reply(400, "malformed HTTP request")
-
-
-def http_date() -> bytes:
-    """The Date header value, formatted once per second instead of once per reply."""
-    return _date_of(int(time.time()))
-
-
-@lru_cache(maxsize=1)
-def _date_of(second: int) -> bytes:
-    return format_date_time(second)
 
 
 class CometHandler(WSGIHandler):
@@ -215,18 +190,12 @@ class CometHandler(WSGIHandler):
         return env
 
     def _body_failed(self) -> None:
-        self.close_connection = True
+        self.abandon_body()  # nothing left to discard
         self.peer.broken = True
-        self.wsgi_input.chunked_input = False  # nothing left to discard
-        self.wsgi_input.position = self.wsgi_input.content_length or 0
 
-    # -- the fast path: GET /register without pywsgi's WSGI machinery -------------
-    #
-    # A poll is most of the traffic, and pywsgi's environ, start_response and
-    # result iteration were ~20 % of a poll's CPU (bench/RESULTS.md, 2026-11-21).
-    # For GET /register over HTTP/1.1 the app's respond() (which its WSGI __call__
-    # also calls) gets a small environ and its reply is written here with one
-    # send(); everything else, and every request to a wrapped app, is plain WSGI.
+    # -- the fast path: GET /register without pywsgi's WSGI machinery (module docstring;
+    # pywsgi's environ, start_response and result iteration were ~20 % of a poll's CPU,
+    # bench/RESULTS.md 2026-11-21) ----------------------------------------------------
 
     def _fast_route(self) -> bool:
         self._fast = (self.command == "GET" and self.request_version == "HTTP/1.1"
@@ -287,11 +256,10 @@ class CometHandler(WSGIHandler):
     def handle_error(self, t, v, tb):
         # The client left while held, reset, or did not take its reply in time (already
         # noted): nothing to write, and no traceback, since it is no fault of the server's.
-        if isinstance(v, (ClientGone, SlowReader, BodyTimeout, ConnectionError)):
+        # GreenletExit: killed by a stop that could not wait any longer; no reply, so the
+        # client retries (not a 500 it would trust).
+        if isinstance(v, (ClientGone, SlowReader, BodyTimeout, ConnectionError, gevent.GreenletExit)):
             self.close_connection = True
-            return
-        if isinstance(v, GreenletExit):  # killed by a stop that could not wait any longer:
-            self.close_connection = True  # no reply, so the client retries (not a 500 it trusts)
             return
         super().handle_error(t, v, tb)
 

@@ -24,8 +24,8 @@ from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
-from . import strictjson
-from .errors import BadRequest, LengthRequired, PayloadTooLarge, UnsupportedMediaType
+from . import notify_body, strictjson
+from .errors import BadRequest, LengthRequired, PayloadTooLarge
 
 #: Channel names: letters, digits and ``_ . : -``, 1 to 128 characters. Nothing that
 #: needs URL-encoding, and never ``~`` (the cursor separator) or ``@`` (private channels).
@@ -162,9 +162,9 @@ def client_in(cursor: Cursor) -> str | None:
 def parse_timeout(value: str | None, default_s: float, max_s: float) -> float:
     if value is None or value == "":
         return default_s
-    if not _TIMEOUT_RE.match(value) or not 0 <= float(value) <= max_s:
+    timeout_s = float(value) if _TIMEOUT_RE.match(value) else -1.0
+    if not 0 <= timeout_s <= max_s:
         raise BadRequest(f"timeout must be a number of seconds between 0 and {max_s:g}, not {value[:20]!r}")
-    timeout_s = float(value)
     return timeout_s
 
 
@@ -271,34 +271,8 @@ def check_body_length(content_length: str | None, chunked: bool, max_bytes: int)
 
 def parse_notify(content_type: str, body: bytes) -> NotifyRequest:
     """Validate a notify body: JSON ``{"channel"|"client": .., "data": ..}`` or form fields."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json" or (not media and body[:1] == b"{"):
-        try:
-            doc = strictjson.loads(body)
-        except strictjson.StrictJSONError as exc:
-            raise BadRequest(str(exc)) from None
-        if not isinstance(doc, dict):
-            raise BadRequest("the JSON body must be an object with channel (or client) and data")
-        if "data" not in doc:
-            raise BadRequest("missing data")
-        data_json = encode_json(doc["data"])
-        channel, client, token = doc.get("channel"), doc.get("client"), None
-    elif media == "application/x-www-form-urlencoded":
-        try:
-            form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=16))
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("malformed form body") from None
-        if "data" not in form:
-            raise BadRequest("missing data")
-        try:  # strict UTF-8 decoding refuses raw surrogates and %-escapes decode with U+FFFD: belt and braces
-            strictjson.check(form["data"])
-        except strictjson.StrictJSONError as exc:
-            raise BadRequest(str(exc)) from None
-        data_json = encode_json(form["data"])
-        channel, client = form.get("channel") or None, form.get("client") or None
-        token = form.get("token") or None
-    else:
-        raise UnsupportedMediaType("send application/json or application/x-www-form-urlencoded")
+    channel, client, data, token = notify_body.decode(content_type, body)
+    data_json = encode_json(data)
     if (channel is None) == (client is None):
         raise BadRequest("give exactly one of channel and client")
     if channel is not None:

@@ -7,10 +7,15 @@ body the WSGI server writes as it is produced. Status lines are built once per s
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Iterable
+
+from gevent.pywsgi import format_date_time
+
+from .protocol import json_bytes
 
 Headers = tuple[tuple[str, str], ...]
 #: status, body, content type, headers
@@ -40,3 +45,22 @@ def status_line(status: int) -> str:
 def status_line_bytes(status: int) -> bytes:
     """``200`` -> ``b"HTTP/1.1 200 OK\\r\\n"``, for a reply written without WSGI."""
     return b"HTTP/1.1 " + status_line(status).encode() + b"\r\n"
+
+
+def error_reply(status: int, message: str, *, retry_after_s: int | None = None) -> bytes:
+    """A whole ``Connection: close`` reply with a JSON ``{"error": message}``, for the HTTP
+    server's own refusals (written before or without the WSGI application)."""
+    body = json_bytes({"error": message})
+    retry = f"Retry-After: {retry_after_s}\r\n" if retry_after_s is not None else ""
+    return (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            f"{retry}X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted once per second instead of once per reply."""
+    return _date_of(int(time.time()))
+
+
+@lru_cache(maxsize=1)
+def _date_of(second: int) -> bytes:
+    return format_date_time(second)

@@ -20,14 +20,11 @@ nothing that says "poll again").
 from __future__ import annotations
 
 import errno
-import gc
-import json
 import logging
 import resource
 import signal
 import socket
 import time
-from typing import Protocol
 
 import gevent
 from gevent import GreenletExit
@@ -39,7 +36,9 @@ from . import misbehaviour, ready
 from .app import CometApp, make_app
 from .config import Config
 from .errors import BackendError
+from .gctune import tune_gc
 from .handler import CometHandler
+from .replies import error_reply
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,6 @@ log = logging.getLogger(__name__)
 LISTEN_BACKLOG = 4096
 #: After the held requests are answered, how long other in-flight requests get.
 DRAIN_TIMEOUT_S = 0.5
-#: Collector thresholds for the server process: see :func:`tune_gc`.
-GC_THRESHOLDS = (100_000, 20, 10)
 #: Out of file descriptors: accepting pauses this long, doubling up to the cap while it lasts.
 ACCEPT_PAUSE_S, ACCEPT_PAUSE_CAP_S = 0.05, 1.0
 #: At most one "out of open files" warning in this many seconds.
@@ -60,13 +57,6 @@ REFUSAL_LINGER_S, REFUSAL_DRAIN_BYTES = 1.0, 16 * 1024
 #: Open files kept back from client connections (listener, backend, logs, the refusal itself);
 #: a quarter of the limit when that is less.
 CONNECTION_FD_RESERVE = 100
-
-
-def _refusal(message: str) -> bytes:
-    body = json.dumps({"error": message}).encode()
-    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-            b"X-Content-Type-Options: nosniff\r\n"
-            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
 
 class CometServer(WSGIServer):
@@ -127,7 +117,7 @@ class CometServer(WSGIServer):
         # a reset, which can destroy the reply before the client reads it.
         misbehaviour.note(kind)
         try:
-            sock.send(_refusal(message))  # one try: a client this early has room for it
+            sock.send(error_reply(503, message, retry_after_s=1))  # one try: a client this early has room for it
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(REFUSAL_LINGER_S)
             drained = 0
@@ -214,50 +204,6 @@ def make_server(config: Config, app: CometApp | None = None, listener=None) -> C
     if listener is None:  # gevent takes a backlog only for an address it binds itself
         return CometServer((config.host, config.port), app, config, backlog=LISTEN_BACKLOG)
     return CometServer(listener, app, config)
-
-
-class CollectionStats(Protocol):
-    """Where collections are counted: the app's stats (``gc_collections``, ``gc_s`` in /stats)."""
-
-    gc_collections: int
-    gc_s: float
-
-
-class CollectionCounter:
-    """A ``gc.callbacks`` entry that counts every collection and its duration into ``stats``."""
-
-    def __init__(self, stats: CollectionStats) -> None:
-        self.stats = stats
-        self.started = 0.0
-
-    def __call__(self, phase: str, _info: dict) -> None:
-        if phase == "start":
-            self.started = time.perf_counter()
-        else:
-            self.stats.gc_collections += 1
-            self.stats.gc_s += time.perf_counter() - self.started
-
-
-def tune_gc(stats: CollectionStats | None = None) -> None:
-    """Make the cyclic garbage collector cheap for a process full of parked requests.
-
-    With the default thresholds (700, 10, 10) the collector re-traverses the objects of
-    every parked request again and again: in a 5,000-client fan-out cycle it took 1.1 s
-    of the server's 4 s of CPU, in full collections of ~90 ms each (bench/RESULTS.md).
-    Startup objects are frozen out of collection. A young collection waits for 100,000
-    net allocations: a fan-out frees each woken request's objects before its re-poll
-    allocates new ones (~15 each), so the count mostly falls back between rounds.
-    ``bench/bench_fanout_raw.py --sizes 10000 --rounds 8``: 7 collections (0.54-0.60 s)
-    in 8 rounds, against 98 (0.78 s) with 10,000; before fan-outs yielded after each
-    send, 0 against 56 (1.17 s). Only the server process does this, never the library.
-    With ``stats``, every collection is counted there with its duration (``gc_collections``,
-    ``gc_s`` in /stats). Idempotent: a second call replaces the counter, never adds one.
-    """
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    if stats is not None:
-        gc.callbacks[:] = [cb for cb in gc.callbacks if not isinstance(cb, CollectionCounter)]
-        gc.callbacks.append(CollectionCounter(stats))
 
 
 def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str], ...] = (),

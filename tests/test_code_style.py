@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Kept strictly typed, as h11 keeps its protocol core: no I/O, no gevent magic.
 STRICT_MODULES = ["geventcomet/protocol.py", "geventcomet/hub.py", "geventcomet/errors.py",
                   "geventcomet/strictjson.py", "geventcomet/security.py", "geventcomet/http_rules.py",
+                  "geventcomet/notify_body.py",
                   "geventcomet/misbehaviour.py"]
 
 
@@ -40,7 +41,7 @@ def test_the_pure_core_passes_mypy_strict():
 # -- the shape of the package (issue 12) ---------------------------------------------------------
 
 PACKAGE = ROOT / "geventcomet"
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 60
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
 
 
 def modules() -> dict[str, ast.Module]:

@@ -93,7 +93,7 @@ def test_the_server_counts_its_cyclic_collections_for_stats():
 
     In a child process: tune_gc changes the collector for the whole process.
     """
-    check = ("import gc, types; from geventcomet.server import tune_gc; "
+    check = ("import gc, types; from geventcomet.gctune import tune_gc; "
              "stats = types.SimpleNamespace(gc_collections=0, gc_s=0.0); tune_gc(stats); gc.collect(); gc.collect(0); "
              "assert stats.gc_collections == 2 and stats.gc_s > 0, stats")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=30)

@@ -80,7 +80,7 @@ def test_the_wsgi_entry_point_warns_of_a_backend_that_is_not_shared(caplog):
 def test_tune_gc_twice_counts_each_collection_once():
     """Each serve() calls tune_gc: a second call replaces the counter instead of adding one."""
     done = run_python(
-        "import gc, types; from geventcomet.server import tune_gc\n"
+        "import gc, types; from geventcomet.gctune import tune_gc\n"
         "first, second = (types.SimpleNamespace(gc_collections=0, gc_s=0.0) for _ in range(2))\n"
         "callbacks = len(gc.callbacks)\n"
         "tune_gc(first); tune_gc(second); tune_gc(second)\n"

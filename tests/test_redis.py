@@ -196,8 +196,10 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
     re-poll in the same instant after one notify, as after a fan-out.
     """
     from geventcomet.backends import redis as redis_backend
-    monkeypatch.setattr(redis_backend, "POOL_CONNECTIONS", 2)
-    monkeypatch.setattr(redis_backend, "POOL_TIMEOUT_S", 0.01)
+    from geventcomet.backends import redis_pools
+    monkeypatch.setattr(redis_backend, "POOL_CONNECTIONS", 2)  # the number of flushers follows it
+    monkeypatch.setattr(redis_pools, "POOL_CONNECTIONS", 2)
+    monkeypatch.setattr(redis_pools, "POOL_TIMEOUT_S", 0.01)
     backend = open_backend(Config(backend=redis_url))
     backend._registrations.refresh_s = 0  # every poll refreshes its registration
     server = start_server(backend=backend)

@@ -59,16 +59,16 @@ import time
 from typing import Callable
 
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.retry import Retry
 
 from .. import protocol
 from ..config import Config
 from ..errors import BackendError, IdempotencyKeyLimitReached
+from ..security import mask_credentials
 from . import Backend, ChannelRead, Page
 from . import redis_scripts as scripts
 from .redis_batch import PUBLISH_OP, READ_OP, Batcher, PublishBatcher
 from .redis_listener import WakeListener
+from .redis_pools import POOL_CONNECTIONS, open_pools
 from .redis_registrations import Registrations
 from .redis_sweep import IdleChannelSweep
 from .redis_tails import Tails
@@ -77,10 +77,6 @@ log = logging.getLogger(__name__)
 
 #: Events of a channel kept in each process for readers woken by a publish.
 TAIL_EVENTS = 64
-#: Connections per pool (one pool for publishes, one for reads) in each process.
-POOL_CONNECTIONS = 16
-#: How long a caller waits for a pooled connection before the call fails (then 503).
-POOL_TIMEOUT_S = 5.0
 #: Calls queued by polls are sent by at most this many greenlets at once (fewer than
 #: the read pool's connections, so they never wait for one).
 MAX_FLUSHERS = 4
@@ -88,19 +84,6 @@ MAX_FLUSHERS = 4
 
 class RedisUnavailable(BackendError):
     """Redis did not answer a read: the poll gets 503 + Retry-After, like a refused notify."""
-
-
-def _client(url: str, max_connections: int, **kwargs) -> redis.Redis:
-    pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=POOL_TIMEOUT_S,
-                                                 **kwargs)
-    return redis.Redis(connection_pool=pool)
-
-
-def _redact(url: str) -> str:
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
 
 
 def _script_time(clock: Callable[[], float] | None) -> Callable[[], str]:
@@ -128,23 +111,12 @@ class RedisBackend(Backend):
         self._wall = time.time if clock is None else clock
         self._steady = time.monotonic if clock is None else clock
         self._script_now = _script_time(clock)
-        self._url = _redact(config.backend)
-        common = dict(socket_connect_timeout=2.0, socket_keepalive=True)
+        self._url = mask_credentials(config.backend)
         try:
-            # Bounded pools: a ramp of thousands of polls waits for a connection
-            # instead of opening thousands (each costs an fd here and in Redis).
-            # Publishes are never retried by redis-py (a retried XADD could store twice).
-            self._writer = _client(config.backend, POOL_CONNECTIONS, retry=Retry(NoBackoff(), 0),
-                                   socket_timeout=5.0, **common)
-            # Reads and registrations are idempotent: retry them briefly across a blip.
-            self._reader = _client(config.backend, POOL_CONNECTIONS,
-                                   retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
-                                   retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-                                   socket_timeout=5.0, **common)
-            self._subscriber = _client(config.backend, 2, retry=Retry(NoBackoff(), 0),
-                                       health_check_interval=15, **common)
+            self._pools = open_pools(config.backend)
         except ValueError as exc:
             raise ValueError(f"bad Redis URL {self._url!r}: {exc}") from None
+        self._writer, self._reader, self._subscriber = self._pools
         self._settings = scripts.StreamSettings.of(config, secrets.token_hex(4))
         self._sweep = IdleChannelSweep(self._reader)
         self._problem: str | None = None  # the last Redis failure, until a call succeeds
@@ -316,8 +288,4 @@ class RedisBackend(Backend):
         self._disconnect()
 
     def _disconnect(self) -> None:
-        for client in (self._writer, self._reader, self._subscriber):
-            try:
-                client.connection_pool.disconnect()  # ours, so Redis.close() would leave it open
-            except Exception:  # best effort at shutdown
-                pass
+        self._pools.disconnect()

@@ -46,7 +46,6 @@ applied to memory, woken, and acknowledged: a notify answered 2xx is on disk.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -60,7 +59,7 @@ from .. import protocol
 from ..config import Config
 from ..errors import BackendError
 from .memory import MemoryBackend, encode_event
-from .sqlite_store import PublishOp, SqlOp, load, open_database, parse_url, write_batch
+from .sqlite_store import PublishOp, SqlOp, load, open_database, parse_url, take_file_lock, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +68,6 @@ BUSY_TIMEOUT_MS = 5000
 #: Registration refreshes are written at least this often (seconds); after a failed
 #: batch, an empty transaction at this interval tells when the file works again.
 REFRESH_FLUSH_S = 1.0
-
-__all__ = ["SQLiteBackend", "parse_url"]
-
 
 class SQLiteBackend(MemoryBackend):
     """Durable single-process backend. See the module docstring for the guarantees."""
@@ -82,7 +78,7 @@ class SQLiteBackend(MemoryBackend):
         # The wall clock: kept events' ages must mean the same after a restart.
         super().__init__(config, clock=clock)
         self.path, self.synchronous = parse_url(config.backend)
-        self._lock_fd: int | None = self._take_file_lock()
+        self._lock_fd: int | None = take_file_lock(self.path)
         self._pool = ThreadPool(1)
         self._conn = None
         self._pending_keys: dict[tuple[str, str], PublishOp] = {}
@@ -104,21 +100,6 @@ class SQLiteBackend(MemoryBackend):
             raise
         self._committer = self._spawn_committer()
         self._delete_trimmed(self._channels.fit_budget(self._clock()))  # the budget may be lower now
-
-    def _take_file_lock(self) -> int:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
-            raise BackendError(f"cannot open sqlite database {self.path!r}: directory {directory!r} does not exist")
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise BackendError(
-                f"sqlite database {self.path!r} is in use by another geventcomet process; the sqlite "
-                "backend serves one process (its wake-ups do not cross processes): use redis:// for "
-                "several workers") from None
-        return fd
 
     # -- the committer and its supervisor ----------------------------------
 

@@ -11,6 +11,8 @@ secret that signs client ids when none is configured (written once, like the epo
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
 import sqlite3
 from dataclasses import dataclass, field
@@ -201,3 +203,20 @@ def _write_drops(conn: sqlite3.Connection, drops: list[tuple[str, int]]) -> None
     conn.executemany("DELETE FROM events WHERE channel = ? AND seq <= ?", drops)
     conn.executemany("DELETE FROM channels WHERE name = ? AND last_seq = ?", drops)
     conn.execute(RAISE_DROPPED, (max(last for _, last in drops),))
+
+
+def take_file_lock(path: str) -> int:
+    """An exclusive ``flock`` on ``PATH.lock``, so that one process serves one file (its fd)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise BackendError(f"cannot open sqlite database {path!r}: directory {directory!r} does not exist")
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise BackendError(
+            f"sqlite database {path!r} is in use by another geventcomet process; the sqlite "
+            "backend serves one process (its wake-ups do not cross processes): use redis:// for "
+            "several workers") from None
+    return fd
