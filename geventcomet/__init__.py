@@ -7,6 +7,7 @@ this package has no side effects (no monkey-patching; ``geventcomet.cli`` does t
 from .app import CometApp, make_app
 from .config import Config
 
+#: The one version source: the package metadata, ``--version`` and the JS client read it.
 __version__ = "0.1.0"
 __all__ = ["CometApp", "Config", "make_app", "serve", "__version__"]
 

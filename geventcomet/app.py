@@ -20,9 +20,11 @@ from .access import ADMIN_COOKIE, Access
 from .auth import request_token
 from .auth_hook import Authorize, load_authorizer
 from .backends import Backend, open_backend
+from .bayeux import BayeuxEndpoint
 from .config import Config
 from .errors import AuthRefused, ClientGone, CometError, Forbidden, MethodNotAllowed, NotFound
 from .hub import Hub
+from .metrics import MetricsEndpoint
 from .poll import LongPoll
 from .replies import JSON, Headers, Reply, Streamed, status_line
 from .service import CometService, Stats
@@ -60,6 +62,8 @@ class CometApp:
         self.poll = LongPoll(service, self.access)
         #: The SSE transport (its ``heartbeat_s`` may be changed while running).
         self.stream = StreamEndpoint(service, access=self.access)
+        self.bayeux = BayeuxEndpoint(service, self.access)
+        self.metrics = MetricsEndpoint(service, self.access)
         self.routes: dict[str, dict[str, Route]] = {
             "/": {"GET": self.index},
             "/register": {"GET": self.poll.register},
@@ -68,6 +72,8 @@ class CometApp:
             "/stats": {"GET": self.stats_json},
             "/healthz": {"GET": self.healthz},
             "/readyz": {"GET": self.readyz},
+            "/metrics": {"GET": self.metrics.serve},
+            "/bayeux": {"GET": self.bayeux.handle, "POST": self.bayeux.handle},
         }
         self.routes.update({path: {"GET": serve} for path, serve in pages.static_routes().items()})
 
@@ -109,7 +115,10 @@ class CometApp:
             if self.config.allowed_hosts:  # before anything else: a rebound name reaches no handler
                 security.check_host(self.config.allowed_hosts, environ.get("HTTP_HOST"))
             cors = self._cors_headers(environ)
-            methods = self.routes.get(environ.get("PATH_INFO", ""))
+            path = environ.get("PATH_INFO", "")
+            methods = self.routes.get(path)
+            if methods is None and path.startswith("/bayeux/"):  # CometD posts to /bayeux/connect, ...
+                methods = self.routes["/bayeux"]
             if methods is None:
                 raise NotFound(f"no such path: {environ.get('PATH_INFO', '')[:100]}")
             method = environ["REQUEST_METHOD"]

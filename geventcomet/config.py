@@ -52,6 +52,7 @@ class Config:
                                               "with a new key beyond)")
     max_backlog_bytes: int = _opt(512 * 1024 * 1024, "most bytes of kept events over all channels of the "
                                                      "memory and sqlite backends (oldest trimmed beyond)")
+    max_batch_events: int = _opt(1000, "most events one batch notify ({\"events\": [...]}) may carry (413 beyond)")
     max_connections: int = _opt(0, "most open client connections (a new one beyond gets 503 and is "
                                    "closed); 0 = open-file limit - 100")
     max_connections_per_ip: int = _opt(0, "most open connections from one client address (503 beyond); "
@@ -59,6 +60,12 @@ class Config:
     max_waiting: int = _opt(0, "most requests held at once (503 beyond); 0 = open-file limit - 300")
     worker_stall_timeout_s: float = _opt(10.0, "with --workers: a worker whose event loop has not "
                                                 "answered for this long is killed and replaced")
+    bayeux_session_ttl_s: float = _opt(60.0, "idle time after which a Bayeux session (a CometD or Faye "
+                                              "client id) expires; its next message gets 402")
+    redis_min_replicas: int = _opt(0, "Redis: answer a notify 200 only once this many replicas have it "
+                                      "(Redis WAIT), else 503; 0 = do not wait")
+    redis_replica_timeout_s: float = _opt(0.5, "Redis: longest WAIT for --redis-min-replicas before the "
+                                               "notify is answered 503")
     client_ttl_s: float = _opt(300.0, "idle time after which a client registration expires")
     idempotency_ttl_s: float = _opt(300.0, "how long an Idempotency-Key is remembered")
     notify_token: str = _opt("", "bearer token /notify requires (empty: open); prefer "
@@ -81,6 +88,9 @@ class Config:
     allowed_hosts: str = _opt("", "comma-separated Host header values accepted (empty: any); "
                                   "guards against DNS rebinding")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = _opt("text", "text, or json for one JSON object per log line")
+    metrics_port: int = _opt(0, "also serve /metrics (and only it) on this port of 127.0.0.1, with no "
+                                "token; 0 = off (/metrics is then on the main port, behind the admin token)")
     access_log: bool = _opt(False, "log every request at INFO (noisy with many clients)")
     test_hooks: bool = _opt(False, "enable /stats?waiting=N (wait until N requests are held), "
                                    "for tests and benchmarks; off in production")
@@ -93,7 +103,7 @@ class Config:
             raise ValueError("timeout_s must be between 0 and max_timeout_s")
         for name in ("backlog", "max_channels", "max_body_bytes", "max_header_bytes", "workers",
                      "max_reply_bytes", "max_reply_events", "max_channels_total", "max_clients_total",
-                     "max_idempotency_keys", "max_backlog_bytes"):
+                     "max_idempotency_keys", "max_backlog_bytes", "max_batch_events"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.allowed_hosts:
