@@ -27,9 +27,10 @@ from urllib.parse import parse_qsl
 from . import notify_body, strictjson
 from .errors import BadRequest, LengthRequired, PayloadTooLarge
 
-#: Channel names: letters, digits and ``_ . : -``, 1 to 128 characters. Nothing that
-#: needs URL-encoding, and never ``~`` (the cursor separator) or ``@`` (private channels).
-CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}\Z")
+#: Channel names: letters, digits and ``_ . : - /``, 1 to 128 characters (``/`` for Bayeux
+#: names such as ``/chat/room1``: one channel space for every transport). Nothing that needs
+#: URL-encoding in a query, and never ``~`` (the cursor separator) or ``@`` (private channels).
+CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}\Z")
 MAX_CHANNEL_CHARS = 128
 #: Client ids: letters, digits, ``_`` and ``-``, 1 to 64 characters.
 CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -97,7 +98,7 @@ def validate_channel(name: str) -> str:
     if len(name) > MAX_CHANNEL_CHARS:
         raise BadRequest(f"channel name is longer than {MAX_CHANNEL_CHARS} characters")
     if not CHANNEL_RE.match(name):
-        raise BadRequest(f"invalid channel name {name[:40]!r}: use letters, digits and _ . : -")
+        raise BadRequest(f"invalid channel name {name[:40]!r}: use letters, digits and _ . : - /")
     return name
 
 
