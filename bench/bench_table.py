@@ -74,12 +74,14 @@ def _snap(server: ServerProcess) -> dict:
     return stats
 
 
-def step_hold_fanout(n: int, args) -> list[dict]:
-    server = ServerProcess()
+def step_hold_fanout(n: int, args, start=ServerProcess) -> list[dict]:
+    """``start()`` gives the server (``bench/side_by_side.py`` passes the aiohttp peer's)."""
+    server = start()
     try:
         idle = _snap(server)
         opts = Options(url=server.url, clients=n, channels=1, poll_timeout=args.poll_timeout,
-                       procs=args.procs, progress=args.progress, notify_connections=1, think=args.think)
+                       procs=args.procs, progress=args.progress, notify_connections=1, think=args.think,
+                       idempotency=getattr(args, "idempotency", True))
 
         def phases(the_run: Run, marks: dict) -> None:
             the_run.notify_phase(duration=args.hold)  # no notifies: the clients just hold
@@ -118,14 +120,16 @@ def _phase_cpu(marks: dict, args) -> dict:
     return {"loadclient_phase_cpu_s": round(marks["lc_cpu1"] - marks["lc_cpu0"], 2)}
 
 
-def _measured_notify_phase(args, clients: int, notify_rate: float, duration: float) -> tuple:
+def _measured_notify_phase(args, clients: int, notify_rate: float, duration: float,
+                           start=ServerProcess) -> tuple:
     """A fresh server, ``clients`` on their own channels, and server/load-client snapshots
     around the notify phase: ``(report, {"start", "end", "lc_cpu0", "lc_cpu1"})``."""
-    server = ServerProcess()
+    server = start()
     try:
         opts = Options(url=server.url, clients=clients, channels=clients, notify_rate=notify_rate,
                        duration=duration, poll_timeout=args.poll_timeout, procs=args.procs,
-                       notify_connections=args.notify_connections, progress=args.progress)
+                       notify_connections=args.notify_connections, progress=args.progress,
+                       idempotency=getattr(args, "idempotency", True))
 
         def phases(the_run: Run, marks: dict) -> None:
             marks["start"] = _snap(server)
@@ -139,8 +143,9 @@ def _measured_notify_phase(args, clients: int, notify_rate: float, duration: flo
         server.stop()
 
 
-def step_cycle(args, clients: int = 1000) -> list[dict]:
-    report, marks = _measured_notify_phase(args, clients, notify_rate=-1, duration=args.cycle_duration)
+def step_cycle(args, clients: int = 1000, start=ServerProcess) -> list[dict]:
+    report, marks = _measured_notify_phase(args, clients, notify_rate=-1, duration=args.cycle_duration,
+                                           start=start)
     start, end = marks["start"], marks["end"]
     seconds = end["t"] - start["t"]
     delivered = end["delivered"] - start["delivered"]

@@ -2,6 +2,8 @@
 
 The server announces the port it picked over a readiness pipe (:mod:`geventcomet.ready`).
 It logs its start-up at INFO and nothing per request, so INFO costs the benchmark nothing.
+:class:`AiohttpPeerProcess` is the same interface over ``bench/aiohttp_peer.py`` (the peer
+``bench/side_by_side.py`` compares with), which announces its port as ``PORT <n>`` on stdout.
 """
 from __future__ import annotations
 
@@ -78,3 +80,23 @@ class ServerProcess:
         conn = getattr(self, "_stats_conn", None)
         if conn is not None:
             conn.close()
+
+
+class AiohttpPeerProcess(ServerProcess):
+    """``python bench/aiohttp_peer.py --port 0``: ``url``, ``stats()``, ``cpu_s()``, ``stop()``."""
+
+    def __init__(self, ready_timeout_s: float = 20.0) -> None:  # noqa: D107 (no super: no ready pipe)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aiohttp_peer.py")
+        self.proc = subprocess.Popen([sys.executable, script, "--port", "0"], stdout=PIPE, stderr=PIPE, text=True)
+        self.log: list[str] = []
+        self._reader = gevent.spawn(self._drain)
+        port = None
+        with gevent.Timeout(ready_timeout_s, False):
+            line = self.proc.stdout.readline()
+            if line.startswith("PORT "):
+                port = int(line.split()[1])
+        if port is None:
+            self.stop()
+            raise RuntimeError("aiohttp peer did not start:\n" + "".join(self.log))
+        self.url = f"http://127.0.0.1:{port}"
+        self._stats_conn = Connection("127.0.0.1", port, timeout_s=30)
