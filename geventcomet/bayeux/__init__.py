@@ -1,22 +1,118 @@
 """Bayeux 1.0 (CometD, Faye) over the service: ``/bayeux`` and every path under it.
 
-Skeleton: the route is wired in :mod:`geventcomet.app`; the transport is being built.
+The long-polling subset real clients use (``docs/bayeux.md``): a request is a batch of
+messages (:mod:`.messages`, over HTTP by :mod:`.transport`); the meta channels and
+client publishes are :mod:`.meta`, the held ``/meta/connect`` is :mod:`.connect`;
+channels, wildcards and their feeds are :mod:`.channels`; sessions live where the
+backend lives (:mod:`.sessions`, :mod:`.stores`).
+
+A batch is handled in order, except that its ``/meta/connect`` (one per request) is
+held last, so that a subscribe or publish sent with it takes effect first; the
+deliveries then come before the connect's reply, as CometD's server sends them.
 """
 from __future__ import annotations
 
+import time
+
+from .. import protocol
 from ..access import Access
-from ..errors import NotFound
-from ..replies import Reply
+from ..replies import Headers, Reply
 from ..service import CometService
+from . import channels
+from .connect import BayeuxStats, ConnectHandler, Connected
+from .messages import Message, error, unknown_client
+from .meta import MetaHandler
+from .sessions import SessionStore
+from .stores import open_sessions
+from .transport import encode_reply, read_request
+
+__all__ = ["BayeuxEndpoint"]
 
 
 class BayeuxEndpoint:
     """Answers ``POST``/``GET`` on ``/bayeux`` and ``/bayeux/*``."""
 
-    def __init__(self, service: CometService, access: Access) -> None:
+    def __init__(self, service: CometService, access: Access, sessions: SessionStore | None = None) -> None:
         self.service = service
         self.access = access
+        config = service.config
+        #: Where sessions live (tests drive its ``clock``).
+        self.sessions = sessions or open_sessions(config)
+        self.stats = BayeuxStats()
+        self.connects = ConnectHandler(service, access, self.sessions, self.stats)
+        self.meta = MetaHandler(service, access, self.sessions, int(self.connects.default_hold_s * 1000))
+        self._sweep_every_s = max(config.bayeux_session_ttl_s / 4, 0.05)
+        self._next_sweep = 0.0
+        service.stats_sources.append(self.snapshot)
+
+    def snapshot(self) -> dict:
+        """``bayeux`` in ``/stats``: this process's counters and the sessions held (if known)."""
+        from dataclasses import asdict
+        return {"bayeux": {**asdict(self.stats), "sessions": self.sessions.count()}}
 
     def handle(self, environ: dict) -> Reply:
         """One Bayeux request: a JSON array of messages in, a JSON array of replies out."""
-        raise NotFound("Bayeux is not served yet")
+        batch, callback = read_request(environ, self.service.config.max_body_bytes)
+        self._sweep()
+        parts: list[bytes] = []
+        connect: Message | None = None
+        for message in batch:
+            if message["channel"] == "/meta/connect" and connect is None:
+                connect = message
+            elif message["channel"] == "/meta/connect":
+                parts.append(_encode(error(message, 400, "", "one /meta/connect per request")))
+            else:
+                parts.append(_encode(self._one(message, environ)))
+        headers: Headers = ()
+        if connect is not None:
+            answer = self._connect(connect, environ)
+            parts.extend(answer.deliveries)
+            parts.append(_encode(answer.reply))
+            if answer.close:
+                headers = (("Connection", "close"),)
+        return encode_reply(parts, callback, headers)
+
+    def _one(self, message: Message, environ: dict) -> Message:
+        channel = message["channel"]
+        meta = self.meta
+        if channel == "/meta/handshake":
+            self.stats.handshakes += 1
+            return meta.handshake(message)
+        session = self._session(message)
+        if session is None:
+            self.stats.unknown_clients += 1
+            return unknown_client(message)
+        if channel == "/meta/subscribe":
+            return meta.subscribe(message, session, environ)
+        if channel == "/meta/unsubscribe":
+            return meta.unsubscribe(message, session)
+        if channel == "/meta/disconnect":
+            return meta.disconnect(message, session)
+        if channels.is_meta(channel):
+            return error(message, 400, "", f"unknown meta channel {channel[:40]}")
+        self.stats.published += 1
+        return meta.publish(message, session, environ)
+
+    def _connect(self, message: Message, environ: dict) -> Connected:
+        session = self._session(message)
+        if session is None:
+            self.stats.unknown_clients += 1
+            return Connected(unknown_client(message), [])
+        return self.connects.connect(message, session, environ)
+
+    def _session(self, message: Message):  # noqa: ANN202 (Session | None)
+        client_id = message.get("clientId")
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= 64:
+            return None
+        return self.sessions.load(client_id)
+
+    def _sweep(self) -> None:
+        """Drop idle sessions now and then (a request's work, never a timer per session)."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_every_s
+            self.stats.expired += self.sessions.expire()
+
+
+def _encode(message: Message) -> bytes:
+    return protocol.json_bytes(message)
