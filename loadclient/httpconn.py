@@ -135,6 +135,18 @@ class Connection:
             self.close()
             raise HTTPError("reset", str(exc)) from None
 
+    def read_reply(self) -> Reply:
+        """Read the next reply on the open connection (one sent with :meth:`send`)."""
+        if self.sock is None:
+            raise HTTPError("closed", "no connection")
+        return self._read_reply(self.sock)
+
+    def send(self, data: bytes) -> None:
+        """Send raw request bytes on the connection (opening it first if needed)."""
+        if self.sock is None:
+            self.open()
+        self.sock.sendall(data)
+
     def _read_reply(self, sock) -> Reply:
         buf = self._buf
         arrived, stamped = (time.time() if buf else 0.0), False  # pipelined: came with the previous reply
@@ -204,6 +216,8 @@ def split_url(url: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
     if not host:
         return hostport, 80
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"the port in {url!r} must be a number from 1 to 65535")
     return host, int(port)
 
 

@@ -60,6 +60,10 @@ class Notifier:
         self._pending: dict[str, bytes] = {}  # channel -> body of a notify not yet acknowledged
         self._stop = Event()
         self._workers: list[gevent.Greenlet] = []
+        self.report.notify_connections = count
+        #: the paced rate asked, and when the current notify phase began (monotonic; None: idle)
+        self.rate = 0.0
+        self.began: float | None = None
 
     def floor(self, channel: str) -> int:
         """Highest sequence on ``channel`` whose publish has begun (what a joining client is not owed)."""
@@ -87,6 +91,15 @@ class Notifier:
         headers = "Content-Type: application/json\r\n" + self._auth_header
         if self.idempotency:
             headers += f"Idempotency-Key: lc-{self.run_id}-{channel}-{seq}\r\n"
+        began = time.monotonic()
+        try:
+            return self._deliver(conn, channel, seq, body, headers, extra)
+        finally:
+            if not (extra and extra.get("end")):  # the rate's figures are the events'
+                self.report.notify_busy_s += time.monotonic() - began
+
+    def _deliver(self, conn: Connection, channel: str, seq: int, body: bytes, headers: str,
+                 extra: dict | None) -> bool:
         for attempt in range(NOTIFY_ATTEMPTS):
             try:
                 reply = conn.request("POST", "/notify", body, headers)
@@ -116,6 +129,7 @@ class Notifier:
         if rate == 0 or count == 0:
             return
         self._stop.clear()
+        self.rate, self.began = rate, time.monotonic()
         if rate < 0:
             budget = [count if count is not None else -1]
             for i, conn in enumerate(self.conns):
@@ -161,6 +175,7 @@ class Notifier:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop publishing; wait (bounded) for notifies already on the wire."""
         self._stop.set()
+        self.began = None
         gevent.joinall(self._workers, timeout=timeout_s)
         gevent.killall([w for w in self._workers if not w.dead], timeout=5)
         self._workers = []

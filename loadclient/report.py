@@ -21,7 +21,12 @@ _HISTOGRAM_FIELDS = (*_LATENCIES, *(f"{name}_by_seq" for name in _LATENCIES))
 #: Integer counters that merge by addition.
 _SUMMED = ("clients", "ready", "requests", "responses", "in_flight", "timeouts", "events_sent",
            "events_received", "end_markers_sent", "end_markers_received", "lost", "duplicated",
-           "recovered_false", "abandoned", "clients_failed", "notify_errors", "unstamped")
+           "recovered_false", "abandoned", "clients_failed", "notify_errors", "unstamped",
+           "notify_busy_s")
+#: A run that published less than this share of the events asked is SHORT.
+SHORT_BELOW = 0.9
+#: Exit status of a run that was correct but published too few events (see :attr:`Report.short`).
+EXIT_SHORT = 3
 
 
 @dataclass
@@ -73,6 +78,15 @@ class Report:
     procs: int = 1
     #: CPU seconds (user + system) the load client's processes used
     cpu_s: float = 0.0
+    #: the notify rate asked (events/s; 0 none, < 0 as fast as accepted) and event count bound
+    notify_rate: float = 0.0
+    notify_count: int | None = None
+    #: notify connections working in parallel, and the seconds notifies spent on them
+    #: (request sent to reply read, retries included), summed over connections
+    notify_connections: int = 0
+    notify_busy_s: float = 0.0
+    #: a SHORT run (fewer events published than asked) still exits 0
+    accept_short: bool = False
 
     @property
     def unanswered(self) -> int:
@@ -113,9 +127,63 @@ class Report:
         return (self.lost == 0 and self.duplicated == 0 and self.unanswered == 0
                 and self.clients_failed == 0)
 
+    @property
+    def events_asked(self) -> int:
+        """Events the notify rate asked for in the notify phase (bounded by ``notify_count``)."""
+        if self.notify_rate <= 0:
+            return 0
+        asked = int(self.notify_rate * self.duration_s)
+        return asked if self.notify_count is None else min(asked, self.notify_count)
+
+    @property
+    def notify_rate_achieved(self) -> float:
+        """Events published per second of the notify phase."""
+        return self.events_sent / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def short(self) -> bool:
+        """True when fewer than 90 % of the events asked were published."""
+        return self.events_sent < SHORT_BELOW * self.events_asked
+
     def exit_code(self) -> int:
-        """0 if :attr:`ok`, else 1."""
-        return 0 if self.ok else 1
+        """0 if :attr:`ok` (and not :attr:`short`, unless accepted), 1 if not ok, 3 if short."""
+        if not self.ok:
+            return 1
+        return EXIT_SHORT if self.short and not self.accept_short else 0
+
+    @property
+    def result(self) -> str:
+        """``OK``, ``FAILED``, ``SHORT``, or ``OK (short, accepted)``."""
+        if not self.ok:
+            return "FAILED"
+        if self.short:
+            return "OK (short, accepted)" if self.accept_short else "SHORT"
+        return "OK"
+
+    def notify_round_trip_s(self) -> float:
+        """Mean seconds from a notify's request to its reply."""
+        notifies = self.events_sent + self.notify_errors
+        return self.notify_busy_s / notifies if notifies else 0.0
+
+    def why_short(self) -> str:
+        """What held the notify rate back, in words (for a :attr:`short` run)."""
+        if self.notify_errors:
+            return (f"{self.notify_errors} notifies failed (see the server's log; the errors line "
+                    "counts the clients' side)")
+        trip = self.notify_round_trip_s()
+        lanes = max(1, self.notify_connections)
+        ceiling = lanes / trip if trip else float("inf")
+        if ceiling < SHORT_BELOW * self.notify_rate:
+            plural = "s" if lanes > 1 else ""
+            return (f"{lanes} notify connection{plural}, one notify at a time on each (each channel "
+                    f"keeps to one connection so that its events stay in order), and a notify took "
+                    f"{trip * 1000:.0f} ms on average: at most {ceiling:.0f}/s. The server answers a "
+                    "notify once it has got through the re-polls of the fan-outs before it, so a "
+                    "channel with many clients caps the rate. More channels (--channels, up to "
+                    "--notify-connections in parallel) raise it; or accept it with --accept-short")
+        return (f"the notifier fell behind its own pace (notifies took {trip * 1000:.0f} ms, at most "
+                f"{ceiling:.0f}/s over {lanes} connections): the load client's process was busy "
+                f"(CPU {self.cpu_s:.1f} s); --procs moves the clients to other processes")
 
     def to_dict(self) -> dict:
         """The JSON report (latency as percentiles in milliseconds)."""
@@ -127,7 +195,12 @@ class Report:
             out[f"{name}_ms_by_seq"] = {str(s): h.summary_ms()
                                         for s, h in sorted(getattr(self, f"{name}_by_seq").items())}
         out["ok"] = self.ok
-        for name in ("ready_s", "duration_s", "cpu_s"):
+        out["events_asked"] = self.events_asked
+        out["notify_rate_achieved"] = round(self.notify_rate_achieved, 1)
+        out["notify_round_trip_ms"] = round(self.notify_round_trip_s() * 1000, 2)
+        out["short"] = self.short
+        out["result"] = self.result
+        for name in ("ready_s", "duration_s", "cpu_s", "notify_busy_s"):
             out[name] = round(out[name], 3)
         return out
 
@@ -153,7 +226,7 @@ class Report:
         errors = ",".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "0"
         return (f"clients {self.ready}/{self.clients} req {self.requests} resp {self.responses} "
                 f"inflight {self.in_flight} timeouts {self.timeouts} errors {errors} "
-                f"events {self.events_received} lost {self.lost} dup {self.duplicated} "
+                f"sent {self.events_sent} received {self.events_received} lost {self.lost} dup {self.duplicated} "
                 f"p50 {lat['p50']}ms p99 {lat['p99']}ms")
 
     def format_text(self) -> str:
@@ -170,6 +243,7 @@ class Report:
             f"  events sent        {self.events_sent} (+{self.end_markers_sent} end markers, "
             f"{self.notify_errors} notify errors) in {d['duration_s']} s",
             f"  events received    {self.events_received}",
+            *self._rate_lines(),
             f"  lost               {self.lost}",
             f"  duplicated         {self.duplicated}",
             f"  recovered: false   {self.recovered_false}",
@@ -179,9 +253,22 @@ class Report:
             f"  handled ms         p50 {read['p50']}  p90 {read['p90']}  p99 {read['p99']}  max {read['max']}"
             "  (notify -> read by the fake client)",
             f"  load client CPU    {d['cpu_s']} s",
-            f"  result             {'OK' if self.ok else 'FAILED'}",
+            f"  result             {self.result}",
         ]
         return "\n".join(lines)
+
+    def _rate_lines(self) -> list[str]:
+        if self.notify_rate == 0:
+            return []
+        achieved = f"{self.notify_rate_achieved:.1f}/s"
+        if self.notify_rate < 0:
+            return [f"  notify rate        {achieved} (asked: as fast as the server accepts)"]
+        share = self.events_sent / self.events_asked if self.events_asked else 1.0
+        line = (f"  notify rate        {achieved} of {self.notify_rate:g}/s asked "
+                f"({self.events_sent} of {self.events_asked} events, {share:.0%})")
+        if not self.short:
+            return [line]
+        return [line + ": SHORT", f"  why short          {self.why_short()}"]
 
     def write_json(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as out:

@@ -11,6 +11,7 @@ Phases, each bounded in time:
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import uuid
@@ -22,12 +23,15 @@ from gevent.event import Event
 
 from .fakeclient import REPLY_GRACE_S
 from .group import ClientGroup
-from .httpconn import split_url
+from .httpconn import Connection, HTTPError, split_url
 from .notifier import Notifier
-from .report import Report
+from .report import SHORT_BELOW, Report
 from .resources import cpu_seconds, raise_open_file_limit, source_addresses
 
 log = logging.getLogger(__name__)
+
+#: Seconds of notifying before the progress line judges the rate (the first ones ramp up).
+PROGRESS_GRACE_S = 2.0
 
 
 @dataclass
@@ -76,10 +80,33 @@ class Options:
     token: str | None = None
     #: bearer token for the notifies (e.g. the server's admin token); None: ``token``
     notify_token: str | None = None
+    #: a run that published fewer than 90 % of the events asked is still a success (exit 0)
+    accept_short: bool = False
 
     def channel_names(self, run_id: str) -> list[str]:
         prefix = self.channel_prefix if self.channel_prefix is not None else f"lc-{run_id}-"
         return [f"{prefix}{k}" for k in range(self.channels)]
+
+
+class ServerUnreachable(Exception):
+    """Nothing accepts connections at the run's URL (the run stops before it starts)."""
+
+
+def check_listening(url: str, timeout_s: float = 5.0) -> None:
+    """Raise :class:`ServerUnreachable` at once if nothing accepts a connection at ``url``.
+
+    Without this a run against a stopped server retried for its whole duration and
+    printed only ``errors connect=...`` lines.
+    """
+    host, port = split_url(url)
+    conn = Connection(host, port, timeout_s=timeout_s)
+    try:
+        conn.open()
+    except HTTPError as exc:
+        reason = re.sub(r"^\[Errno -?\d+\] ", "", str(exc).split(": ", 1)[-1]).lower()
+        raise ServerUnreachable(f"nothing listens at {url} ({reason})") from None
+    finally:
+        conn.close()
 
 
 class Run:
@@ -113,6 +140,7 @@ class Run:
     def start(self) -> None:
         """Start the client groups (in this process, or one per worker process)."""
         opts = self.options
+        check_listening(opts.url)
         host, _ = split_url(opts.url)
         sources = source_addresses(host, opts.procs, opts.source_ips)
         shares = [opts.clients // opts.procs + (i < opts.clients % opts.procs) for i in range(opts.procs)]
@@ -189,6 +217,10 @@ class Run:
         total.procs = self.options.procs
         total.ready_s = self.ready_s
         total.duration_s = self.duration_s
+        total.notify_rate = self.options.notify_rate
+        total.notify_count = self.options.notify_count
+        total.notify_connections = len(self.notifier.conns)
+        total.accept_short = self.options.accept_short
         return total
 
     def close(self) -> None:
@@ -204,9 +236,26 @@ class Run:
         tty = getattr(self.out, "isatty", lambda: False)()
         while True:
             gevent.sleep(self.options.progress)  # pacing the progress line
-            line = f"[{time.monotonic() - self._t0:7.1f}s] {self.snapshot().progress_line()}"
+            snapshot = self.snapshot()
+            line = f"[{time.monotonic() - self._t0:7.1f}s] {snapshot.progress_line()}{self._falling_short(snapshot)}"
             self.out.write(("\r" + line + "\x1b[K") if tty else line + "\n")
             self.out.flush()
+
+
+    def _falling_short(self, snapshot: Report) -> str:
+        """A warning for the progress line while the notifier publishes under 90 % of its rate."""
+        began, rate = self.notifier.began, self.notifier.rate
+        if began is None or rate <= 0:
+            return ""
+        elapsed = time.monotonic() - began
+        asked = rate * elapsed
+        if self.options.notify_count is not None:
+            asked = min(asked, self.options.notify_count)
+        if elapsed < PROGRESS_GRACE_S or snapshot.events_sent >= SHORT_BELOW * asked:
+            return ""
+        return (f" | SHORT: notifying {snapshot.events_sent / elapsed:.0f}/s of {rate:g}/s asked "
+                f"(a notify takes {snapshot.notify_round_trip_s() * 1000:.0f} ms; "
+                f"{len(self.notifier.conns)} at a time)")
 
 
 def run(url: str, *, on_ready: Callable[[Run], None] | None = None,
