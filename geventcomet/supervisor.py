@@ -43,18 +43,22 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import gevent
 from gevent.event import Event
 
-from . import heartbeat, ready
+from . import heartbeat, metrics_workers, ready
 from .backends import backend_class, open_backend
 from .config import Config
 from .errors import BackendError
+from .metrics_families import exposition
+from .metrics_port import serve_metrics_port
 from .workers import WORKER_COMMAND, WORKER_ENV, reuseport_socket
 
 log = logging.getLogger("geventcomet.supervisor")
@@ -93,19 +97,29 @@ class Supervisor:
         self.port = config.port
         self._env: dict[str, str] = {}
         self._restarting: gevent.Greenlet | None = None
+        #: The whole server's metrics: what every worker reported (see metrics_workers).
+        self.metrics = metrics_workers.Aggregate()
 
     def run(self, ready_fd: int | None = None) -> int:
         """Run until SIGTERM/SIGINT; the exit status. Announces on ``ready_fd`` once all listen."""
         config = self.config
         reserved = reuseport_socket(config.host, config.port)
         self.port = reserved.getsockname()[1]
-        worker_config = dataclasses.replace(config, workers=1, port=self.port)
-        self._env = {**os.environ, WORKER_ENV: json.dumps(dataclasses.asdict(worker_config))}
+        # The supervisor serves --metrics-port (the sum); workers serve /metrics from its file.
+        worker_config = dataclasses.replace(config, workers=1, port=self.port, metrics_port=0)
+        metrics_dir = tempfile.mkdtemp(prefix="geventcomet-metrics-")
+        self.metrics.path = os.path.join(metrics_dir, "merged.json")
+        self.metrics.write()
+        self._env = {**os.environ, WORKER_ENV: json.dumps(dataclasses.asdict(worker_config)),
+                     metrics_workers.FILE_ENV: self.metrics.path}
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, self.stopping.set)
         gevent.signal_handler(signal.SIGHUP, self.restart)
-        keepers = [gevent.spawn(self._keep, slot) for slot in range(config.workers)]
+        keepers: list[gevent.Greenlet] = []
+        metrics_server = None
         try:
+            metrics_server = serve_metrics_port(config, lambda: exposition(self.metrics.merged))
+            keepers = [gevent.spawn(self._keep, slot) for slot in range(config.workers)]
             if not self._wait_all_listening():
                 log.error("cannot start: not every worker started listening (see the log above)")
                 return 1
@@ -124,6 +138,9 @@ class Supervisor:
             self._stop_all()
             gevent.killall(keepers, timeout=1)
             reserved.close()
+            if metrics_server is not None:
+                metrics_server.stop(timeout=1)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _wait_all_listening(self) -> bool:
         """Until every slot's worker listens (True), or one fails, a stop comes, or time is up."""
@@ -163,19 +180,24 @@ class Supervisor:
     def _spawn(self, slot: int, listening: Event) -> tuple[subprocess.Popen, gevent.Greenlet]:
         """Start a worker; the greenlet returned ends True once it listens, False if it never will."""
         beat_read, beat_write = os.pipe()
+        metrics_read, metrics_write = os.pipe()
         announced = ready.ReadyPipe()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", WORKER_COMMAND],
-                env={**self._env, heartbeat.ENV: str(beat_write), **announced.child_env()},
-                pass_fds=(beat_write, *announced.pass_fds), stdout=subprocess.DEVNULL)
+                env={**self._env, heartbeat.ENV: str(beat_write), metrics_workers.FD_ENV: str(metrics_write),
+                     **announced.child_env()},
+                pass_fds=(beat_write, metrics_write, *announced.pass_fds), stdout=subprocess.DEVNULL)
         except BaseException:
             os.close(beat_read)
+            os.close(metrics_read)
             announced.close()
             raise
         finally:
-            os.close(beat_write)
+            ready.close_now(beat_write)  # at once, so that the worker's exit is an end of file here
+            ready.close_now(metrics_write)
             announced.spawned()
+        gevent.spawn(self.metrics.watch, proc.pid, metrics_read)
         waiting = gevent.spawn(self._await_listening, slot, proc, announced, listening)
         gevent.spawn(heartbeat.watch, proc, beat_read, listening, self.config.worker_stall_timeout_s,
                      START_TIMEOUT_S)

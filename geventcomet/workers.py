@@ -58,11 +58,13 @@ def worker_headers() -> tuple[tuple[str, str], ...]:
 def worker_main() -> None:
     """Entry point of a worker process (monkey-patched by :data:`WORKER_COMMAND`)."""
     # Imported here: gunicorn's workers import this module for worker_headers() alone.
+    from . import metrics_workers
+    from .metrics import process_numbers
     from .server import LISTEN_BACKLOG, serve
 
     config = Config(**json.loads(os.environ[WORKER_ENV]))
     configure_logging(config.log_level)
-    ready_fd, beat_fd = ready.take_fd(), heartbeat.take_fd()
+    ready_fd, beat_fd, metrics_fd = ready.take_fd(), heartbeat.take_fd(), metrics_workers.take_fd()
     try:
         listener = reuseport_socket(config.host, config.port)
         listener.listen(LISTEN_BACKLOG)
@@ -71,11 +73,15 @@ def worker_main() -> None:
         sys.exit(1)
     stop, handover = Event(), Event()
     gevent.spawn(heartbeat.beat, beat_fd, stop)
+    reporter = gevent.spawn(metrics_workers.report, metrics_fd, process_numbers, stop)
 
     def hand_over() -> None:  # SIGUSR1: a restart; the new worker already listens
         handover.set()
         stop.set()
 
     gevent.signal_handler(signal.SIGUSR1, hand_over)
-    sys.exit(serve(config, listener, extra_headers=worker_headers(), stop=stop, handover=handover,
-                   ready_fd=ready_fd))
+    code = serve(config, listener, extra_headers=worker_headers(), stop=stop, handover=handover,
+                 ready_fd=ready_fd)
+    reporter.kill()
+    metrics_workers.final_report(metrics_fd, lambda: process_numbers(probe_backend=False))  # its last counts
+    sys.exit(code)
