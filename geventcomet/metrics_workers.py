@@ -147,20 +147,23 @@ class Aggregate:
                 if len(pending) > MAX_REPORT_BYTES:
                     log.warning("worker pid %d sent a metrics report over %d bytes; dropped", pid, MAX_REPORT_BYTES)
                     pending = b""
-                if lines:
-                    self._take(pid, lines[-1])  # the latest report replaces the earlier ones
+                for line in reversed(lines):  # the latest report replaces the earlier ones
+                    if self._take(pid, line):
+                        break
         finally:
             os.close(read_fd)
             self.retire(pid)
 
-    def _take(self, pid: int, line: bytes) -> None:
+    def _take(self, pid: int, line: bytes) -> bool:
         try:
             numbers = json.loads(line)
         except ValueError:
-            log.warning("worker pid %d sent a metrics report that is not JSON; dropped", pid)
-            return
-        if isinstance(numbers, dict):
-            self.update(pid, numbers)
+            numbers = None
+        if not isinstance(numbers, dict):
+            log.warning("worker pid %d sent a metrics report that is not a JSON object; dropped", pid)
+            return False
+        self.update(pid, numbers)
+        return True
 
 
 def read_merged(path: str) -> Numbers | None:
