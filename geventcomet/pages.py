@@ -8,10 +8,13 @@ Routes (see :func:`static_routes`):
 - ``GET /notify``: a form to publish an event, with the channels and their waiters (with an
   admin token configured, only for its holder: :func:`login_page` otherwise).
 
-The files are package data (``geventcomet/static/``), read once.
+The files are package data (``geventcomet/static/``), read once. ``geventcomet.js`` carries
+the placeholder :data:`JS_VERSION_PLACEHOLDER` where its ``version`` goes; it is served with
+``geventcomet.__version__`` there, the one version source.
 """
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from html import escape
 from importlib import resources
@@ -30,13 +33,27 @@ STATIC = {
     "/example": ("example.html", "text/html; charset=utf-8"),
 }
 HTML = "text/html; charset=utf-8"
+#: Stands for the package's version in ``static/geventcomet.js``; replaced when served.
+JS_VERSION_PLACEHOLDER = b"@GEVENTCOMET_VERSION@"
 #: Channels listed on the Notify page (the backend's first ones, and every one waited on).
 NOTIFY_PAGE_CHANNELS = 200
 
 
 def static_routes() -> dict[str, Callable[[dict], Reply]]:
     """``{path: handler}`` for the static files."""
-    return {path: _static_handler(_read(name), content_type) for path, (name, content_type) in STATIC.items()}
+    routes = {}
+    for path, (name, content_type) in STATIC.items():
+        body = _read(name)
+        if name == "geventcomet.js":
+            body = body.replace(JS_VERSION_PLACEHOLDER, package_version().encode())
+        routes[path] = _static_handler(body, content_type)
+    return routes
+
+
+def package_version() -> str:
+    """``geventcomet.__version__``. Read from the imported package (this module is inside it,
+    so it is imported): importing it by name here would close a cycle geventcomet -> app -> pages."""
+    return str(getattr(sys.modules.get("geventcomet"), "__version__", "unknown"))
 
 
 def _static_handler(body: bytes, content_type: str) -> Callable[[dict], Reply]:
@@ -56,7 +73,8 @@ def notify_page(service: CometService, query_string: str, *, token_field: bool) 
                 f'{escape(query["sent"][0])}, waking {escape(query.get("woken", ["0"])[0])}.</p>')
     page = _template("notify.html").substitute(
         rows=rows or '<tr><td colspan="2">no channels yet</td></tr>', sent=sent,
-        waiting=service.hub.waiting, token_field=(
+        channel=escape(query.get("sent", [""])[0]),  # the next event most often goes to the same one
+        waiting=_requests_waiting(service.hub.waiting), token_field=(
             '<label>Token <input name="token" type="password"></label>' if token_field else ""))
     return (200, page.encode(), HTML, ())
 
@@ -66,8 +84,12 @@ def login_page(status: int) -> Reply:
     admin token yet (a correct submit sets the cookie that shows the whole page)."""
     page = _template("notify.html").substitute(
         rows='<tr><td colspan="2">send the admin token with a notification to see the channels</td></tr>',
-        sent="", waiting="?", token_field='<label>Token <input name="token" type="password" required></label>')
+        sent="", channel="", waiting="? requests", token_field='<label>Token <input name="token" type="password" required></label>')
     return (status, page.encode(), HTML, ())
+
+
+def _requests_waiting(count: int) -> str:
+    return f"{count} request" if count == 1 else f"{count} requests"
 
 
 def _read(name: str) -> bytes:

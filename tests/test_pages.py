@@ -1,5 +1,6 @@
 """The Notify page, and the app's WSGI conformance."""
 import re
+from pathlib import Path
 from html.parser import HTMLParser
 from wsgiref.validate import validator
 
@@ -42,6 +43,39 @@ def test_submitting_the_notify_page_form_wakes_a_waiter(server):
                          headers={"Accept": "text/html"}, timeout=10)
     assert sent.status_code == 200 and "Sent event #1 to page, waking 1" in sent.text
     assert poll.get(timeout=5)["events"] == [{"channel": "page", "id": 1, "data": "from the form"}]
+    # the page after a send keeps the channel for the next one
+    assert re.search(r'<input name="channel" id="channel" value="page"', sent.text)
+
+
+def test_the_notify_page_counts_waiting_requests_in_good_english(server):
+    comet = Comet(server.url)
+    assert "<p id=\"waiting\">0 requests waiting" in requests.get(server.url + "/notify", timeout=10).text
+    poll = gevent.spawn(comet.register, "one", timeout=20)
+    server.wait_waiting(1)
+    page = requests.get(server.url + "/notify", timeout=10).text
+    assert "<p id=\"waiting\">1 request waiting in this process.</p>" in page
+    assert '<input name="channel" id="channel" value=""' in page  # nothing sent yet: empty
+    comet.notify("one", 1)
+    poll.get(timeout=5)
+
+
+def test_the_notify_page_says_its_data_is_a_string_and_what_json_needs(server):
+    page = requests.get(server.url + "/notify", timeout=10).text
+    assert "Data is sent as a string" in page and "application/json" in page
+    comet = Comet(server.url)
+    poll = gevent.spawn(comet.register, "typed", timeout=20)
+    server.wait_waiting(1)
+    requests.post(server.url + "/notify", data={"channel": "typed", "data": '{"a": 1}'}, timeout=10)
+    assert poll.get(timeout=5)["events"][0]["data"] == '{"a": 1}'  # what the hint says
+
+
+def test_the_js_client_is_served_with_the_package_version(server):
+    import geventcomet
+    served = requests.get(server.url + "/geventcomet.js", timeout=10).text
+    assert f"version: '{geventcomet.__version__}'" in served
+    assert "@GEVENTCOMET_VERSION@" not in served
+    source = (Path(geventcomet.__file__).parent / "static" / "geventcomet.js").read_text()
+    assert re.findall(r"version: '([^']*)'", source) == ["@GEVENTCOMET_VERSION@"]  # no second source
 
 
 def test_the_notify_page_escapes_what_it_shows(server):

@@ -536,6 +536,6 @@
     withoutPrivate: withoutPrivate,
     TokenSource: TokenSource,
     DEFAULTS: DEFAULTS,
-    version: '0.1.0'
+    version: '@GEVENTCOMET_VERSION@'  // geventcomet.__version__: the server puts it in as it serves this file
   };
 });
