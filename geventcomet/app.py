@@ -15,14 +15,14 @@ import logging
 from typing import Callable, Iterable
 from urllib.parse import parse_qs, urlencode
 
-from . import pages, protocol, security
+from . import notify_body, pages, protocol, security
 from .access import ADMIN_COOKIE, Access
-from .auth import request_token
+from .auth import Claims, request_token
 from .auth_hook import Authorize, load_authorizer
 from .backends import Backend, open_backend
 from .bayeux import BayeuxEndpoint
 from .config import Config
-from .errors import AuthRefused, ClientGone, CometError, Forbidden, MethodNotAllowed, NotFound
+from .errors import AuthRefused, BadRequest, ClientGone, CometError, Forbidden, MethodNotAllowed, NotFound
 from .hub import Hub
 from .metrics import MetricsEndpoint
 from .poll import LongPoll
@@ -174,7 +174,13 @@ class CometApp:
             claims = access.publisher(token) if token is not None and not admin else None
         except CometError as exc:
             raise _unread_body(exc, abandon) from None
-        req = protocol.parse_notify(environ.get("CONTENT_TYPE", ""), environ["wsgi.input"].read(length))
+        body = environ["wsgi.input"].read(length)
+        batch = notify_body.decode_batch(environ.get("CONTENT_TYPE", ""), body, self.config.max_batch_events)
+        if batch is not None:
+            if not admin and token is None:
+                claims = access.publisher(None)  # 401 where a token is needed: a batch has no form field
+            return self._notify_batch(batch, environ, admin, claims)
+        req = protocol.parse_notify(environ.get("CONTENT_TYPE", ""), body)
         form_admin = token is None and access.is_admin_token(req.token)
         if not admin and not form_admin and token is None:
             claims = access.publisher(req.token)
@@ -189,6 +195,19 @@ class CometApp:
                                            "SameSite=Strict"),)
             return (303, b"", "text/plain", headers)
         return (200, protocol.json_bytes({"channel": sent.channel, "id": sent.seq, "woken": sent.woken}), JSON, ())
+
+    def _notify_batch(self, batch: list[notify_body.Fields], environ: dict, admin: bool,
+                      claims: Claims | None) -> Reply:
+        """``POST /notify`` with ``{"events": [...]}``: every event checked (names, data, the
+        token's ``publish`` for each channel) before any is stored, then all stored or none."""
+        reqs = [batch_request(index, fields) for index, fields in enumerate(batch)]
+        if not admin:
+            for req in reqs:
+                self.access.check_publish(claims, protocol.private_channel(req.client) if req.client
+                                          else str(req.channel))
+        sent = self.service.publish_many(reqs, environ.get("HTTP_IDEMPOTENCY_KEY") or None)
+        return (200, protocol.json_bytes({"events": [{"channel": one.channel, "id": one.seq, "woken": one.woken}
+                                                     for one in sent]}), JSON, ())
 
     def notify_page(self, environ: dict) -> Reply:
         """The Notify page; with an admin token configured it needs the token (or the cookie
@@ -233,6 +252,22 @@ class CometApp:
 
     def index(self, environ: dict) -> Reply:
         return (200, protocol.json_bytes({"name": "geventcomet", "endpoints": sorted(self.routes)}), JSON, ())
+
+
+def batch_request(index: int, fields: notify_body.Fields) -> protocol.NotifyRequest:
+    """One event of a batch validated as :func:`protocol.parse_notify` validates a notify;
+    a mistake names the event (``events[3]: ...``)."""
+    channel, client, data, _ = fields
+    try:
+        if (channel is None) == (client is None):
+            raise BadRequest("give exactly one of channel and client")
+        field, name = ("channel", channel) if channel is not None else ("client", client)
+        if not isinstance(name, str):
+            raise BadRequest(f"{field} must be a string")
+        protocol.validate_channel(name) if channel is not None else protocol.validate_client(name)
+        return protocol.NotifyRequest(channel, client, protocol.encode_json(data))
+    except BadRequest as exc:
+        raise BadRequest(f"events[{index}]: {exc.message}") from None
 
 
 def _preflight(methods: dict[str, Route], cors: Headers) -> Reply:

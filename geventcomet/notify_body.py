@@ -1,4 +1,5 @@
-"""A notify's body decoded, with no I/O: JSON ``{"channel"|"client": .., "data": ..}`` or form fields.
+"""A notify's body decoded, with no I/O: JSON ``{"channel"|"client": .., "data": ..}`` or form fields,
+or a batch ``{"events": [{"channel"|"client": .., "data": ..}, ...]}`` (:func:`decode_batch`).
 
 :func:`decode` only takes the body apart and applies the strict-JSON rules
 (:mod:`geventcomet.strictjson`); :func:`geventcomet.protocol.parse_notify` validates the
@@ -10,7 +11,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 from . import strictjson
-from .errors import BadRequest, UnsupportedMediaType
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 
 class Fields(NamedTuple):
@@ -49,3 +50,31 @@ def decode(content_type: str, body: bytes) -> Fields:
         return Fields(form.get("channel") or None, form.get("client") or None, form["data"],
                       form.get("token") or None)
     raise UnsupportedMediaType("send application/json or application/x-www-form-urlencoded")
+
+
+def decode_batch(content_type: str, body: bytes, max_events: int) -> list[Fields] | None:
+    """A batch body's events (unchecked names, like :func:`decode`), or None when the body is
+    not a batch (no ``"events"`` member): then it is a single notify for :func:`decode`.
+    More than ``max_events`` events is :class:`PayloadTooLarge` (413)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if b'"events"' not in body or not (media == "application/json" or (not media and body[:1] == b"{")):
+        return None  # cheap: a single notify is not parsed twice unless its data names "events"
+    try:
+        doc = strictjson.loads(body)
+    except strictjson.StrictJSONError as exc:
+        raise BadRequest(str(exc)) from None
+    if not isinstance(doc, dict) or "events" not in doc:
+        return None
+    if set(doc) != {"events"}:
+        raise BadRequest("a batch body has only events: {\"events\": [{\"channel\": .., \"data\": ..}, ...]}")
+    events = doc["events"]
+    if not isinstance(events, list) or not events:
+        raise BadRequest("events must be a non-empty list of {channel (or client), data} objects")
+    if len(events) > max_events:
+        raise PayloadTooLarge(f"too many events: {len(events)} > {max_events} (--max-batch-events)")
+    fields = []
+    for index, event in enumerate(events):
+        if not isinstance(event, dict) or "data" not in event:
+            raise BadRequest(f"events[{index}] must be an object with channel (or client) and data")
+        fields.append(Fields(event.get("channel"), event.get("client"), event["data"], None))
+    return fields

@@ -83,6 +83,12 @@ def unavailable(exc: BackendError) -> Unavailable:
     return Unavailable(f"backend unavailable: {exc}")
 
 
+def check_idempotency_key(key: str | None) -> None:
+    """400 for an ``Idempotency-Key`` over :data:`MAX_IDEMPOTENCY_KEY_CHARS`."""
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+
+
 def client_refused(reason: str) -> AuthRefused:
     """403 ``auth: "client"`` for a request claiming a client id it does not prove."""
     misbehaviour.note("unproven client id", reason)  # never the id: a minted one is a credential
@@ -215,20 +221,33 @@ class CometService:
 
     def publish(self, req: protocol.NotifyRequest, idempotency_key: str | None = None) -> Published:
         """Store the event and wake its channel's waiters (via the backend's wake-up)."""
-        if req.client is not None:
-            if not self._backend(self.backend.is_registered, req.client):
-                raise NotFound(f"no registered client {req.client!r} (never registered, or expired)")
-            channel = protocol.private_channel(req.client)
-        else:
-            channel = cast(str, req.channel)  # parse_notify gives exactly one of the two
-        if idempotency_key is not None and len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
-            raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        check_idempotency_key(idempotency_key)
+        channel = self._target(req)
         woken = self.hub.waiter_count(channel)
         seq = self._backend(self.backend.publish, channel, req.data_json, idempotency_key)
         self.stats.published += 1
         shown = "@***" if channel[0] == "@" else channel  # @ID names a client id: a credential
         log.debug("published %s#%d to %d waiters", shown, seq, woken)
         return Published(channel, seq, woken)
+
+    def publish_many(self, reqs: list[protocol.NotifyRequest], idempotency_key: str | None = None) -> list[Published]:
+        """Store a batch in order, all or nothing (:meth:`Backend.publish_many`); the key covers
+        the whole batch. ``woken`` is each channel's waiters when the batch arrived."""
+        check_idempotency_key(idempotency_key)
+        channels = [self._target(req) for req in reqs]
+        woken = {channel: self.hub.waiter_count(channel) for channel in channels}
+        seqs = self._backend(self.backend.publish_many, [(channel, req.data_json)
+                                                         for channel, req in zip(channels, reqs)], idempotency_key)
+        self.stats.published += len(seqs)
+        return [Published(channel, seq, woken[channel]) for channel, seq in zip(channels, seqs)]
+
+    def _target(self, req: protocol.NotifyRequest) -> str:
+        """The channel a notify goes to: its channel, or its registered client's private one."""
+        if req.client is None:
+            return cast(str, req.channel)  # parse_notify gives exactly one of the two
+        if not self._backend(self.backend.is_registered, req.client):
+            raise NotFound(f"no registered client {req.client!r} (never registered, or expired)")
+        return protocol.private_channel(req.client)
 
     # -- looking on ----------------------------------------------------------
 

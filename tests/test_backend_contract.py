@@ -14,6 +14,7 @@ from geventcomet.backends import open_backend
 from geventcomet.backends.memory import MemoryBackend
 from geventcomet.backends.redis import RedisBackend
 from geventcomet.backends.sqlite import SQLiteBackend
+from geventcomet.errors import BackendError
 
 from .helpers import Changes, Clock
 
@@ -352,3 +353,54 @@ def test_a_page_holds_at_least_one_event_and_at_most_max_reply_events(make_backe
         got, pages = read_pages(reader, ("big", "news"), {"big": 0, "news": 0}, None)
         assert got == [("big", 1)] + [("news", i) for i in range(1, 8)]
         assert [n for n, _ in pages] == [1, 3, 3, 1]  # the big one alone: it fills its page
+
+
+# -- batch publishing (POST /notify with "events") ------------------------------
+
+def test_batch_keeps_order_and_gives_each_channel_consecutive_ids(make_backend):
+    backend = make_backend()
+    publish_n(backend, "a", 2)
+    batch = [("a", '"a3"'), ("b", '"b1"'), ("a", '"a4"'), ("b", '"b2"'), ("a", '"a5"')]
+    assert backend.publish_many(batch) == [3, 1, 4, 2, 5]
+    read = backend.read("a", 2, backend.epoch)
+    assert [json.loads(e)["data"] for e in read.events] == ["a3", "a4", "a5"]
+    assert (ids(read), read.recovered) == ([3, 4, 5], True)
+    assert ids(backend.read("b", 0, backend.epoch)) == [1, 2]
+    backend.woken_changes.wait_until(lambda: {"a", "b"} <= set(backend.woken), 5, "both channels woken")
+    assert backend.publish("a", "6") == 6  # a single publish continues after the batch
+
+
+def test_batch_idempotency_key_covers_the_whole_batch(make_backend):
+    backend = make_backend()
+    batch = [("a", "1"), ("b", "2"), ("a", "3")]
+    first = backend.publish_many(batch, "key-1")
+    assert backend.publish_many(batch, "key-1") == first == [1, 1, 2]  # the retry stores nothing
+    assert ids(backend.read("a", 0, backend.epoch)) == [1, 2]
+    assert backend.publish("a", "4", "key-1") == 3  # a single notify's key is not the batch's
+    assert backend.publish_many(batch, "key-2") == [4, 2, 5]
+
+
+@pytest.mark.parametrize("refusal", ["too many keys", "unencodable data"])
+def test_batch_is_all_or_nothing(make_backend, refusal):
+    backend = make_backend(max_idempotency_keys=3)
+    backend.publish("a", '"before"')
+    if refusal == "too many keys":  # four keys where three are allowed: refused before any write
+        batch, key = [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")], "k"
+    else:  # the third event cannot be stored (a lone surrogate)
+        batch, key = [("a", "1"), ("b", "2"), ("a", '"\ud800"')], None
+    with pytest.raises(BackendError):
+        backend.publish_many(batch, key)
+    assert ids(backend.read("a", 0, backend.epoch)) == [1]
+    assert backend.read("b", None, None).last_seq == 0
+    assert backend.publish_many([("a", "5"), ("b", "6")]) == [2, 1]  # the backend carries on
+
+
+def test_batch_over_the_channel_bound_stores_nothing(make_backend):
+    if make_backend.kind == "redis":
+        pytest.skip("the Redis backend has no --max-channels-total bound")
+    backend = make_backend(max_channels_total=2)
+    backend.publish("a", "1")
+    with pytest.raises(BackendError):
+        backend.publish_many([("a", "2"), ("b", "3"), ("c", "4")])
+    assert ids(backend.read("a", 0, backend.epoch)) == [1]
+    assert backend.publish_many([("a", "2"), ("b", "3")]) == [2, 1]

@@ -71,6 +71,12 @@ def fill_page(events: Iterable[bytes], page: Page) -> list[bytes]:
     return taken
 
 
+def batch_key(key: str | None, index: int) -> str | None:
+    """The key event ``index`` of a batch is remembered under: a newline cannot occur in an
+    ``Idempotency-Key`` header, so it never equals the key of a single notify."""
+    return None if key is None else f"{key}\n{index}"
+
+
 def absent_last(dropped: int) -> int:
     """The last seq a channel that does not exist reads as, given D (see the module docstring)."""
     return dropped + 1 if dropped > 0 else 0
@@ -136,6 +142,19 @@ class Backend(abc.ABC):
         :class:`~geventcomet.errors.BackendError` when the write was not acknowledged.
         """
 
+    def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
+        """Store ``events`` (``(channel, data_json)`` pairs) in order and return their seqs: each
+        channel's events get consecutive seqs, in the order given.
+
+        All or nothing: the three backends store every event or none (a raised
+        :class:`~geventcomet.errors.BackendError` means none was stored). ``idempotency_key``
+        covers the whole batch: event ``i`` is remembered under :func:`batch_key` ``(key, i)``
+        on its channel, so a retry stores nothing and returns the same seqs. This default,
+        for other backends, publishes one at a time and is NOT all or nothing.
+        """
+        return [self.publish(channel, data_json, batch_key(idempotency_key, index))
+                for index, (channel, data_json) in enumerate(events)]
+
     @abc.abstractmethod
     def read(self, channel: str, since: int | None, epoch: str | None, page: Page | None = None) -> ChannelRead:
         """Events of ``channel`` after ``since`` (None: none, start from now), decided by
@@ -179,6 +198,9 @@ BACKENDS = {
     "redis": "geventcomet.backends.redis:RedisBackend",
 }
 
+#: URL scheme -> (the optional package it needs, the extra that installs it).
+OPTIONAL_PACKAGES = {"redis": ("redis", "redis")}
+
 
 def backend_class(url: str) -> "type[Backend]":
     """The class that serves ``url`` (``memory``, ``sqlite:///..``, ``redis://..``), not yet built."""
@@ -190,6 +212,10 @@ def backend_class(url: str) -> "type[Backend]":
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        extra = OPTIONAL_PACKAGES.get(scheme)
+        if extra is not None and exc.name == extra[0]:
+            raise ValueError(f"the {scheme} backend needs the {extra[0]!r} package: "
+                             f"pip install 'geventcomet[{extra[1]}]'") from None
         raise ValueError(f"backend {scheme!r} is not available: {exc}") from None
     found: type[Backend] = getattr(module, class_name)
     return found

@@ -31,12 +31,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, cast
 
 from .. import protocol
 from ..config import Config
 from ..errors import BackendError, ClientLimitReached, IdempotencyKeyLimitReached
-from . import Backend, ChannelRead, Page
+from . import Backend, ChannelRead, Page, batch_key
 from .channels import ChannelTable
 
 
@@ -74,6 +74,46 @@ class MemoryBackend(Backend):
         self._store(channel, seq, now, encode_event(channel, seq, data_json), idempotency_key)
         self._wake(channel)
         return seq
+
+    def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
+        """All or nothing: every bound and every encoding is checked before anything is stored,
+        and nothing here yields, so no reader sees part of the batch."""
+        now = self._clock()
+        keys = [batch_key(idempotency_key, index) for index in range(len(events))]
+        seen = self._batch_seen(events, keys, now)
+        if seen is not None:
+            return seen
+        planned = self.plan_batch(events, keys)
+        for (channel, _), key, (seq, encoded) in zip(events, keys, planned):
+            self._store(channel, seq, now, encoded, key)
+        for channel in dict.fromkeys(channel for channel, _ in events):
+            self._wake(channel)
+        return [seq for seq, _ in planned]
+
+    def _batch_seen(self, events: list[tuple[str, str]], keys: list[str | None], now: float) -> list[int] | None:
+        """The seqs of an earlier publish of this batch (same key), if all are remembered."""
+        if not keys or keys[0] is None:
+            return None
+        seen = [self._already_published(key, channel, now) for (channel, _), key in zip(events, keys)]
+        return None if None in seen else cast("list[int]", seen)
+
+    def plan_batch(self, events: list[tuple[str, str]], keys: list[str | None],
+                   pending_keys: int = 0) -> list[tuple[int, bytes]]:
+        """Each event's seq and stored bytes, checking every bound first (raises, storing nothing)."""
+        last: dict[str, int] = {}
+        created = 0
+        for channel, _ in events:
+            if channel not in last:
+                self._channels.check_room(channel, created)
+                created += channel not in self._channels
+                last[channel] = self._channels.last_seq(channel)
+        if keys and keys[0] is not None:
+            self._check_key_room(keys[0], pending_keys + len(keys) - 1)
+        planned = []
+        for channel, data_json in events:
+            seq = last[channel] = last[channel] + 1
+            planned.append((seq, encode_event(channel, seq, data_json)))
+        return planned
 
     def _already_published(self, key: str | None, channel: str, now: float) -> int | None:
         """The seq an earlier publish to this channel with this key got, if it is remembered."""

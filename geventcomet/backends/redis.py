@@ -69,6 +69,7 @@ from . import redis_scripts as scripts
 from .redis_batch import PUBLISH_OP, READ_OP, Batcher, PublishBatcher
 from .redis_listener import WakeListener
 from .redis_pools import POOL_CONNECTIONS, open_pools
+from .redis_publish_many import PUBLISH_MANY, Encoded, parse_reply, publish_many_args
 from .redis_registrations import Registrations
 from .redis_sweep import IdleChannelSweep
 from .redis_tails import Tails
@@ -80,6 +81,14 @@ TAIL_EVENTS = 64
 #: Calls queued by polls are sent by at most this many greenlets at once (fewer than
 #: the read pool's connections, so they never wait for one).
 MAX_FLUSHERS = 4
+
+
+def _event_suffix(data_json: str) -> bytes:
+    """The stored event's bytes after its seq."""
+    try:
+        return b',"data":' + data_json.encode() + b"}"
+    except UnicodeEncodeError:
+        raise BackendError("the event's data cannot be encoded as UTF-8 (a lone surrogate?)") from None
 
 
 class RedisUnavailable(BackendError):
@@ -125,6 +134,7 @@ class RedisBackend(Backend):
         self._batcher = Batcher(self._reader, (read, register), flushers, config.max_clients_total,
                                 self._settings.age_ms, self._script_now)
         self._publisher = PublishBatcher(self._writer, (self._writer.register_script(scripts.PUBLISH),), flushers)
+        self._batch_publisher = PublishBatcher(self._writer, (self._writer.register_script(PUBLISH_MANY),), flushers)
         self._registrations = Registrations(config, self._batcher, self._reader.register_script(scripts.EXPIRE),
                                             self._wall, self._steady)
         self._tails = Tails(min(TAIL_EVENTS, config.backlog), config.backlog_age_s, self._steady)
@@ -158,11 +168,7 @@ class RedisBackend(Backend):
     # -- publish and read --------------------------------------------------
 
     def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:
-        prefix = protocol.event_prefix(channel)
-        try:
-            suffix = b',"data":' + data_json.encode() + b"}"
-        except UnicodeEncodeError:
-            raise BackendError("the event's data cannot be encoded as UTF-8 (a lone surrogate?)") from None
+        prefix, suffix = protocol.event_prefix(channel), _event_suffix(data_json)
         call = scripts.publish_args(self._settings, channel, prefix, suffix, idempotency_key, self._script_now())
         try:
             epoch, seq, duplicate = self._publisher.call(PUBLISH_OP, call)
@@ -178,6 +184,26 @@ class RedisBackend(Backend):
         if not duplicate:
             self._tails.apply(channel, seq, prefix + str(seq).encode() + suffix, own=True)
         return seq
+
+    def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
+        """One script call for the whole batch (:mod:`.redis_publish_many`): all or nothing."""
+        encoded = [Encoded(channel, protocol.event_prefix(channel), _event_suffix(data_json))
+                   for channel, data_json in events]
+        call = publish_many_args(self._settings, encoded, idempotency_key, self._script_now())
+        try:
+            reply = parse_reply(self._batch_publisher.call(PUBLISH_OP, call))
+        except redis.RedisError as exc:
+            self._problem = f"Redis did not acknowledge a publish: {exc}"
+            raise BackendError(f"Redis did not acknowledge the batch: {exc}") from None
+        self._problem = None
+        if reply.epoch != self.epoch:
+            self._new_epoch(reply.epoch)
+        if reply.outcome == 2:
+            raise IdempotencyKeyLimitReached(self._config.max_idempotency_keys, self._config.idempotency_ttl_s)
+        if reply.outcome == 0:
+            for event, seq in zip(encoded, reply.seqs):
+                self._tails.apply(event.channel, seq, event.prefix + str(seq).encode() + event.suffix, own=True)
+        return reply.seqs
 
     def read(self, channel: str, since: int | None, epoch: str | None, page: Page | None = None) -> ChannelRead:
         page = page or self.full_page()

@@ -115,7 +115,10 @@ local function trim_aged(stream, cutoff)
 end
 """
 
-PUBLISH = _CURRENT_EPOCH + _NOW_MS + _TRIM_AGED + """
+#: The Lua functions a script that writes events needs (``current_epoch``, ``now_ms``, ``trim_aged``).
+WRITER_PRELUDE = _CURRENT_EPOCH + _NOW_MS + _TRIM_AGED
+
+PUBLISH = WRITER_PRELUDE + """
 -- KEYS: epoch, seq hash, stream, idempotency key (unused unless ARGV[9] == '1'), dropped,
 --       key index
 -- ARGV: channel, event prefix, event suffix, candidate epoch, backlog, age ms,

@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, cast
 
 import gevent
 from gevent.event import Event
@@ -59,7 +59,8 @@ from .. import protocol
 from ..config import Config
 from ..errors import BackendError
 from .memory import MemoryBackend, encode_event
-from .sqlite_store import PublishOp, SqlOp, load, open_database, parse_url, take_file_lock, write_batch
+from . import batch_key
+from .sqlite_store import BatchOp, PublishOp, SqlOp, load, open_database, parse_url, take_file_lock, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -153,36 +154,49 @@ class SQLiteBackend(MemoryBackend):
 
     def _prepare(self, ops: list) -> list:
         """Assign seqs and encode, one op at a time: an op that cannot be stored is refused
-        alone. Seqs are assigned here, one batch at a time, so none is skipped."""
+        alone (a batch whole). Seqs are assigned here, one commit at a time, so none is skipped."""
         last: dict[str, int] = {}
         created = 0
         good = []
         for op in ops:
-            if isinstance(op, PublishOp):
-                try:
-                    channel = op.channel
-                    if op.key is not None:
-                        op.key.encode()  # sqlite3 would raise UnicodeEncodeError on the thread
-                    if channel not in last and channel not in self._channels:
-                        self._channels.check_room(channel, created)
-                        created += 1
-                    seq = (last[channel] if channel in last else self._channels.last_seq(channel)) + 1
-                    op.encoded = encode_event(channel, seq, op.data_json)
-                except (BackendError, UnicodeError) as exc:
-                    op.error = exc if isinstance(exc, BackendError) else BackendError(f"cannot store: {exc}")
-                    self._refuse([op], {}, op.error)
-                    continue
-                op.seq = last[channel] = seq
+            parts = op.parts if isinstance(op, BatchOp) else [op] if isinstance(op, PublishOp) else []
+            trial, trial_created = (dict(last), created) if isinstance(op, BatchOp) else (last, created)
+            try:
+                for part in parts:
+                    trial_created = self._assign(part, trial, trial_created)
+            except (BackendError, UnicodeError) as exc:
+                self._refuse([op], {}, exc if isinstance(exc, BackendError) else BackendError(f"cannot store: {exc}"))
+                continue
+            if trial is not last:
+                last.update(trial)
+            created = trial_created
             good.append(op)
         return good
+
+    def _assign(self, op: PublishOp, last: dict[str, int], created: int) -> int:
+        """Give ``op`` the next seq of its channel after ``last`` and encode it; returns the
+        count of channels this commit creates. Raises if it cannot be stored."""
+        channel = op.channel
+        if op.key is not None:
+            op.key.encode()  # sqlite3 would raise UnicodeEncodeError on the thread
+        if channel not in last and channel not in self._channels:
+            self._channels.check_room(channel, created)
+            created += 1
+        seq = (last[channel] if channel in last else self._channels.last_seq(channel)) + 1
+        op.encoded = encode_event(channel, seq, op.data_json)
+        op.seq = last[channel] = seq
+        return created
 
     def _refuse(self, ops: list, refreshes: dict[str, float], error: BackendError) -> None:
         """Nothing of these is on disk: answer each waiting notify with ``error`` (503)."""
         for client, seen in refreshes.items():
             self._dirty.setdefault(client, seen)
         for op in ops:
-            if isinstance(op, PublishOp) and op.key is not None:
-                self._pending_keys.pop((op.channel, op.key), None)
+            for part in op.parts if isinstance(op, BatchOp) else [op]:
+                if isinstance(part, PublishOp) and part.key is not None:
+                    self._pending_keys.pop((part.channel, part.key), None)
+                if not part.done.ready():
+                    part.done.set_exception(error)
             if not op.done.ready():
                 op.done.set_exception(error)
 
@@ -191,18 +205,24 @@ class SQLiteBackend(MemoryBackend):
         touched: dict[str, None] = {}
         trimmed: dict[str, int] = {}
         for op in ops:
-            if isinstance(op, PublishOp):
-                trimmed.update(self._store(op.channel, op.seq, op.at, op.encoded, op.key))
-                if op.key is not None:
-                    self._pending_keys.pop((op.channel, op.key), None)
-                touched[op.channel] = None
-            else:
+            if isinstance(op, SqlOp):
                 for name, last_seq in op.drops:
                     self._channels.drop(name, last_seq)
+                continue
+            for part in op.parts if isinstance(op, BatchOp) else [op]:
+                trimmed.update(self._store(part.channel, part.seq, part.at, part.encoded, part.key))
+                if part.key is not None:
+                    self._pending_keys.pop((part.channel, part.key), None)
+                touched[part.channel] = None
         for channel in touched:
             self._wake(channel)
         for op in ops:
-            op.done.set(op.seq if isinstance(op, PublishOp) else None)
+            if isinstance(op, BatchOp):
+                for part in op.parts:
+                    part.done.set(part.seq)
+                op.done.set([part.seq for part in op.parts])
+            else:
+                op.done.set(op.seq if isinstance(op, PublishOp) else None)
         self._delete_trimmed(trimmed)
 
     def _delete_trimmed(self, trimmed: dict[str, int]) -> None:
@@ -242,6 +262,24 @@ class SQLiteBackend(MemoryBackend):
         if idempotency_key is not None:
             self._pending_keys[(channel, idempotency_key)] = op
         return self._submit(op)
+
+    def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
+        """One transaction for the whole batch (see :meth:`_prepare`): all or nothing."""
+        now = self._clock()
+        keys = [batch_key(idempotency_key, index) for index in range(len(events))]
+        seen = self._batch_seen(events, keys, now)
+        if seen is not None:
+            return seen
+        if idempotency_key is not None:
+            queued = [self._pending_keys.get((channel, cast(str, key))) for (channel, _), key in zip(events, keys)]
+            if None not in queued:  # the same batch, retried while the first is committing
+                return [cast(PublishOp, op).done.get() for op in queued]
+            self._check_key_room(keys[0], len(self._pending_keys) + len(keys) - 1)
+        parts = [PublishOp(channel, data_json, key, now) for (channel, data_json), key in zip(events, keys)]
+        for part in parts:
+            if part.key is not None:
+                self._pending_keys[(part.channel, part.key)] = part
+        return self._submit(BatchOp(parts))
 
     def register(self, client: str) -> None:
         # Never waits for the disk: a poll must not stall behind another process's

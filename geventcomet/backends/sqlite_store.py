@@ -67,6 +67,17 @@ class PublishOp:
         self.done = AsyncResult()
 
 
+class BatchOp:
+    """A queued batch of notifies (``POST /notify`` with ``events``), committed all or none in
+    one transaction; ``done`` gets the list of seqs, and each part's ``done`` its own."""
+
+    __slots__ = ("parts", "done")
+
+    def __init__(self, parts: list[PublishOp]) -> None:
+        self.parts = parts
+        self.done = AsyncResult()
+
+
 @dataclass
 class SqlOp:
     """Any other change: statements to run in the next transaction, and channels to drop.
@@ -166,6 +177,9 @@ def write_batch(conn: sqlite3.Connection | None, ops: list, refreshes: dict[str,
         for op in ops:
             if isinstance(op, PublishOp):
                 _write_publish(conn, op, backlog)
+            elif isinstance(op, BatchOp):
+                for part in op.parts:
+                    _write_publish(conn, part, backlog)
             else:
                 for statement, rows in op.statements:
                     conn.executemany(statement, rows)
