@@ -84,7 +84,8 @@ def login_page(status: int) -> Reply:
     admin token yet (a correct submit sets the cookie that shows the whole page)."""
     page = _template("notify.html").substitute(
         rows='<tr><td colspan="2">send the admin token with a notification to see the channels</td></tr>',
-        sent="", channel="", waiting="? requests", token_field='<label>Token <input name="token" type="password" required></label>')
+        sent="", channel="", waiting="? requests",
+        token_field='<label>Token <input name="token" type="password" required></label>')
     return (status, page.encode(), HTML, ())
 
 

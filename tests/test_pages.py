@@ -1,7 +1,7 @@
 """The Notify page, and the app's WSGI conformance."""
 import re
-from pathlib import Path
 from html.parser import HTMLParser
+from pathlib import Path
 from wsgiref.validate import validator
 
 import gevent
