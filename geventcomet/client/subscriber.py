@@ -1,0 +1,192 @@
+"""Subscribers over the long-poll: :class:`Subscriber` (blocking) and :class:`AsyncSubscriber`.
+
+``for item in sub:`` hands out :class:`Event` items in order, each once, and a :class:`Gap`
+where the server said ``recovered: false`` (unless ``on_gap`` is given: then it is called
+instead). ``sub.cursor`` is always the position just after the last item handed out;
+with ``cursor_store`` it is saved before each poll and at ``close()``, and a new
+subscriber given the same store resumes there (at-least-once: after a crash, at most
+the events of the reply being handed out come again).
+
+Reconnecting never ends by itself: connection errors, timeouts and 503s are retried
+with full-jitter backoff, honouring ``Retry-After`` (a stopping server's ``reconnect``
+reply says when). The poll is one keep-alive ``httpx`` connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Union
+
+from . import compat  # noqa: F401  (before httpx: see its docstring)
+import httpx
+
+from . import wire
+from .backoff import Backoff
+from .cursor_store import CursorStore, cursor_store
+from .events import Event, Gap
+from .policy import SubscriberCore
+
+Item = Union[Event, Gap]
+#: Seconds a reply may take beyond the poll's own timeout before the poll counts as failed.
+READ_SLACK_S = 15.0
+
+
+class _Base:
+    """The state both flavours share: the core, the store, the queue of items to hand out."""
+
+    def __init__(self, url: str, channels: str | Iterable[str], token: str | Callable[[], str] | None,
+                 cursor: str | None, on_gap: Callable[[Gap], None] | None,
+                 store: str | os.PathLike[str] | CursorStore | None, poll_timeout_s: float | None,
+                 backoff: Backoff | None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.on_gap = on_gap
+        self.poll_timeout_s = poll_timeout_s
+        self.store = cursor_store(store)
+        if cursor is None and self.store is not None:
+            cursor = self.store.load()
+        names = (channels,) if isinstance(channels, str) else tuple(channels)
+        self.core = SubscriberCore(names, cursor, backoff or Backoff())
+        self.pending: deque[Item] = deque()
+        self.read_timeout = httpx.Timeout(10.0, read=(poll_timeout_s or 25.0) + READ_SLACK_S)
+
+    @property
+    def cursor(self) -> str | None:
+        """The position just after the last item handed out (pass it as ``cursor=`` to resume)."""
+        return self.core.cursor
+
+    @property
+    def client(self) -> str | None:
+        """The client id the server issued (its private channel gets ``notify_client`` events)."""
+        return self.core.client
+
+    def headers(self) -> dict[str, str]:
+        return wire.auth_headers(wire.current_token(self.token))
+
+    def save(self) -> None:
+        if self.store is not None and self.core.cursor:
+            self.store.save(self.core.cursor)
+
+    def next_item(self) -> Item | None:
+        """The next item to hand out (a gap given to ``on_gap`` is not), or None to poll."""
+        while self.pending:
+            item = self.pending.popleft()
+            self.core.handed(item)
+            if isinstance(item, Gap) and self.on_gap is not None:
+                self.on_gap(item)
+                continue
+            return item
+        return None
+
+    def take(self, reply: httpx.Response) -> float:
+        items, delay = self.core.after_reply(reply.status_code, reply.headers.get("retry-after"), reply.content,
+                                             callable(self.token))
+        self.pending.extend(items)
+        return delay
+
+
+class Subscriber(_Base):
+    """Receive events from blocking code: ``for event in Subscriber(url, ["news"]):``.
+
+    Works in plain threads and, unchanged, in a gevent-monkey-patched program (one greenlet
+    per subscriber). ``close()`` (from any thread) ends the iteration, at the latest when
+    the poll in flight returns (``poll_timeout_s``, the server's ``--timeout`` by default).
+    """
+
+    def __init__(self, url: str, channels: str | Iterable[str], token: str | Callable[[], str] | None = None,
+                 cursor: str | None = None, *, on_gap: Callable[[Gap], None] | None = None,
+                 cursor_store: str | os.PathLike[str] | CursorStore | None = None,
+                 poll_timeout_s: float | None = None, backoff: Backoff | None = None) -> None:
+        super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff)
+        self._http = httpx.Client(base_url=self.url, timeout=self.read_timeout)
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Subscriber:
+        return self
+
+    def __next__(self) -> Item:
+        while not self._closed.is_set():
+            item = self.next_item()
+            if item is not None:
+                return item
+            self.save()
+            delay = self._poll()
+            if delay > 0:
+                self._closed.wait(delay)
+        raise StopIteration
+
+    def _poll(self) -> float:
+        try:
+            reply = self._http.get("/register", params=self.core.params(self.poll_timeout_s), headers=self.headers())
+        except (httpx.TransportError, RuntimeError):  # RuntimeError: closed by close() meanwhile
+            return 0.0 if self._closed.is_set() else self.core.failed()
+        return self.take(reply)
+
+    def close(self) -> None:
+        """Stop: save the cursor (with a store) and close the connection."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.save()
+        self._http.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSubscriber(_Base):
+    """:class:`Subscriber` for asyncio: ``async for event in AsyncSubscriber(url, ["news"]):``;
+    ``await sub.close()`` ends it at once (the poll in flight is cancelled)."""
+
+    def __init__(self, url: str, channels: str | Iterable[str], token: str | Callable[[], str] | None = None,
+                 cursor: str | None = None, *, on_gap: Callable[[Gap], None] | None = None,
+                 cursor_store: str | os.PathLike[str] | CursorStore | None = None,
+                 poll_timeout_s: float | None = None, backoff: Backoff | None = None) -> None:
+        super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.read_timeout)
+        self._closed = asyncio.Event()
+
+    def __aiter__(self) -> AsyncSubscriber:
+        return self
+
+    async def __anext__(self) -> Item:
+        while not self._closed.is_set():
+            item = self.next_item()
+            if item is not None:
+                return item
+            self.save()
+            delay = await self._poll()
+            if delay > 0 and not self._closed.is_set():
+                try:
+                    await asyncio.wait_for(self._closed.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+        raise StopAsyncIteration
+
+    async def _poll(self) -> float:
+        try:
+            reply = await self._http.get("/register", params=self.core.params(self.poll_timeout_s),
+                                         headers=self.headers())
+        except (httpx.TransportError, RuntimeError):
+            return 0.0 if self._closed.is_set() else self.core.failed()
+        return self.take(reply)
+
+    async def close(self) -> None:
+        """Stop: save the cursor (with a store) and close the connection."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.save()
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
