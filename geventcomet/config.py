@@ -1,19 +1,24 @@
-"""Server configuration: one frozen dataclass, every field with its default, flag and env var.
+"""Server configuration: one frozen dataclass, every field with its default and its help.
 
-Each field's metadata names its command-line flag help; the env var is
-``GEVENTCOMET_`` + the field name upper-cased (``GEVENTCOMET_NOTIFY_TOKEN``).
-Precedence: command-line flag, then environment, then the default here.
+A field's flag, file key and environment variable are derived from its name
+(:mod:`geventcomet.config_env`: ``timeout_s`` is ``--timeout``, ``timeout``,
+``GEVENTCOMET_TIMEOUT``). A Config checks its own values and refuses a wrong one with
+:class:`ConfigError`, which names the flag, the variable and what is allowed.
+Precedence (:mod:`geventcomet.config_load`): flag, then environment, then the
+``--config`` file, then the default here.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .config_env import ENV_PREFIX, ConfigError, key_of, parse_text, read_env
 from .security import host_policy, mask_credentials
 
-ENV_PREFIX = "GEVENTCOMET_"
+__all__ = ["Config", "ConfigError", "ENV_PREFIX", "parse_value", "read_token_file"]
 #: File descriptors kept back from the hold limit for the listener, keep-alive
 #: connections between polls, logs and backend connections.
 FD_RESERVE = 300
@@ -96,18 +101,20 @@ class Config:
                                    "for tests and benchmarks; off in production")
 
     def __post_init__(self) -> None:
-        if self.client_ttl_s <= self.max_timeout_s:
-            raise ValueError("client_ttl_s must be longer than max_timeout_s, or a waiting "
-                             "client's registration could expire under it")
+        for f in dataclasses.fields(self):
+            check_field(f, getattr(self, f.name))
         if not 0 <= self.timeout_s <= self.max_timeout_s:
-            raise ValueError("timeout_s must be between 0 and max_timeout_s")
-        for name in ("backlog", "max_channels", "max_body_bytes", "max_header_bytes", "workers",
-                     "max_reply_bytes", "max_reply_events", "max_channels_total", "max_clients_total",
-                     "max_idempotency_keys", "max_backlog_bytes", "max_batch_events"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+            raise ConfigError("timeout_s", self.timeout_s,
+                              f"must be between 0 and --max-timeout ({self.max_timeout_s})")
+        if self.client_ttl_s <= self.max_timeout_s:
+            raise ConfigError("client_ttl_s", self.client_ttl_s,
+                              f"must be longer than --max-timeout ({self.max_timeout_s}), or a waiting "
+                              "client's registration could expire under it")
         if self.allowed_hosts:
-            host_policy(self.allowed_hosts)  # a typo is a start-up error, not a 500 per request
+            try:
+                host_policy(self.allowed_hosts)  # a typo is a start-up error, not a 500 per request
+            except ValueError as exc:
+                raise ConfigError("allowed_hosts", self.allowed_hosts, str(exc)) from None
         if self.notify_token_file:  # resolved here, so every way of building a Config sees the token
             # The file wins over a token already set: a worker gets both (its parent resolved the
             # file) and re-reads the file, so a token changed in the file applies on SIGHUP.
@@ -117,21 +124,9 @@ class Config:
     def cors_origin_set(self) -> frozenset[str]:
         return frozenset(o.strip() for o in self.cors_origins.split(",") if o.strip())
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Config":
-        """Build a Config from ``GEVENTCOMET_*`` variables, then ``overrides``."""
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = parse_value(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if values.get("notify_token") and values.get("notify_token_file"):
-            raise ValueError("give the notify token once: notify_token or notify_token_file, not both")
-        return cls(**values)
-
     def describe(self) -> str:
-        """The effective configuration as one line, secrets masked, for the start-up log."""
+        """The configuration as one line (``key=value``, secrets masked); the command's start-up
+        log says where each value came from (:func:`geventcomet.config_load.describe`)."""
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -139,18 +134,54 @@ class Config:
                 value = "***"
             elif isinstance(value, str):
                 value = mask_credentials(value)  # redis://:PASSWORD@host
-            parts.append(f"{f.name}={value}")
+            parts.append(f"{key_of(f.name)}={value}")
         return " ".join(parts)
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Config":
+        """Build a Config from ``GEVENTCOMET_*`` variables, then ``overrides`` (field names).
 
-def parse_value(f: dataclasses.Field, raw: str) -> Any:
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float, "bool": bool}.get(f.type, str)
-    if kind is bool:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        A variable under its old name, or an unknown one, is logged as a warning (for gunicorn,
+        which builds its Config here); ``geventcomet serve`` uses :mod:`geventcomet.config_load`,
+        which reads a ``--config`` file too.
+        """
+        env = read_env(dataclasses.fields(cls), environ)
+        for warning in env.warnings:
+            logging.getLogger("geventcomet").warning("%s", warning)
+        values = {**env.values, **{k: v for k, v in overrides.items() if v is not None}}
+        check_token_given_once(values)
+        return cls(**values)
+
+
+def check_token_given_once(values: Mapping[str, Any]) -> None:
+    if values.get("notify_token") and values.get("notify_token_file"):
+        raise ConfigError("notify_token", "", "give the notify token once: --notify-token or "
+                          "--notify-token-file, not both", secret=True)
+
+
+#: Fields that count things and must be at least 1; every other number must be at least 0.
+AT_LEAST_ONE = frozenset({"backlog", "max_channels", "max_body_bytes", "max_header_bytes", "workers",
+                          "max_reply_bytes", "max_reply_events", "max_channels_total", "max_clients_total",
+                          "max_idempotency_keys", "max_backlog_bytes", "max_batch_events"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """ConfigError unless ``value`` is allowed for field ``f`` on its own."""
+    name = f.name
+    if name in ("port", "metrics_port") and not 0 <= value <= 65535:
+        raise ConfigError(name, value, "must be a port number from 0 to 65535"
+                          + (" (0 picks a free one)" if name == "port" else " (0 = off)"))
+    if name == "log_level" and str(value).upper() not in LOG_LEVELS:
+        raise ConfigError(name, value, "must be DEBUG, INFO, WARNING or ERROR")
+    if name == "log_format" and value not in LOG_FORMATS:
+        raise ConfigError(name, value, "must be text or json")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if name in AT_LEAST_ONE and value < 1:
+            raise ConfigError(name, value, "must be at least 1")
+        if value < 0 and name != "timeout_s":  # its range names --max-timeout (__post_init__)
+            raise ConfigError(name, value, "must be 0 or more")
 
 
 def read_token_file(path: str) -> str:
@@ -163,8 +194,13 @@ def read_token_file(path: str) -> str:
         with open(path, encoding="utf-8") as file:
             token = file.readline().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"notify_token_file {path!r} cannot be read: "
-                         f"{exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
+        raise ConfigError("notify_token_file", path, "cannot be read: "
+                          f"{exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}") from None
     if not token:
-        raise ValueError(f"notify_token_file {path!r} is empty: its first line must be the token")
+        raise ConfigError("notify_token_file", path, "is empty: its first line must be the token")
     return token
+
+
+def parse_value(f: dataclasses.Field, raw: str) -> Any:
+    """The value of text ``raw`` for field ``f`` (kept for callers of 0.1; see config_env.parse_text)."""
+    return parse_text(f, raw)
