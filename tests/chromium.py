@@ -88,6 +88,10 @@ class Browser:
     def click(self, page: str, selector: str) -> None:
         self.call("click", page=page, selector=selector)
 
+    def screenshot(self, page: str, path: str) -> None:
+        """Write a PNG of the whole page to ``path``."""
+        self.call("screenshot", page=page, path=str(path))
+
     def errors(self, page: str) -> list[str]:
         return self.call("logs", page=page)
 

@@ -105,6 +105,10 @@ def test_two_pages_play_a_whole_game_and_a_reload_misses_nothing(server, browser
     browser.wait("o", "document.body.dataset.mark === 'O'")
     browser.wait("x", "demo.game.players.O !== null")
     marks = {"x": "X", "o": "O"}
+    width, height = browser.eval("x", "(r => [r.width, r.height])(document.getElementById('cell-4')"
+                                       ".getBoundingClientRect())")
+    assert abs(width - height) <= 1 and width >= 60, (width, height)  # square cells, not 80x128
+    assert "monospace" not in browser.eval("x", "getComputedStyle(document.getElementById('moves')).fontFamily")
     took = play(browser, [("x", 4), ("o", 0), ("x", 2)], marks)
     browser.call("reload", page="o")  # a player reloads mid-game: same tab, same player
     assert browser.wait("o", "document.getElementById('moves').textContent === 'X5 O1 X3' && "
@@ -130,6 +134,8 @@ def test_a_notify_from_the_notify_page_reaches_subscriber_pages(server, browser)
     browser.call("fill", page="notify", selector="#data", value="hello from the form")
     browser.click("notify", "button[type=submit]")
     browser.wait("notify", "document.querySelector('.sent') !== null")  # 303 back to the page
+    assert browser.eval("notify", "document.getElementById('channel').value") == "news"  # kept for the next
+    assert browser.eval("notify", "document.getElementById('channel').checkValidity()")  # the pattern compiles
     for page in ("poll", "sse"):
         assert browser.wait(page, "received.length === 1 && received[0]") == \
             {"channel": "news", "id": 1, "data": "hello from the form"}

@@ -5,7 +5,8 @@
 //   -> {"id": 1, "ok": true, "value": null}   or   {"id": 1, "ok": false, "error": "..."}
 // Ops: open (a new browser context per page, so pages share no storage), goto, reload,
 // click, fill, eval (an expression), wait (until an expression is truthy, bounded),
-// route (a canned response for matching requests), logs (the page's console errors and failed requests), quit.
+// route (a canned response for matching requests), logs (the page's console errors and failed requests),
+// screenshot (a PNG of the page to a path), quit.
 //
 // Chromium is Debian's (/usr/bin/chromium, or $CHROMIUM): playwright-core never downloads one.
 import { chromium } from 'playwright-core';
@@ -66,6 +67,8 @@ const ops = {
     return null;
   },
   async logs({ page }) { return getPage(page).logs; },
+  // A PNG of the page (the whole of it) written to `path`, for a person to look at.
+  async screenshot({ page, path }) { await getPage(page).page.screenshot({ path, fullPage: true }); return null; },
   async close({ page }) { await getPage(page).context.close(); pages.delete(page); return null; },
 };
 
