@@ -19,7 +19,7 @@ from ..access import Access
 from ..replies import Headers, Reply
 from ..service import CometService
 from . import channels
-from .connect import BayeuxStats, ConnectHandler, Connected
+from .connect import BayeuxStats, Connected, ConnectHandler
 from .messages import Message, error, unknown_client
 from .meta import MetaHandler
 from .sessions import SessionStore

@@ -39,7 +39,7 @@ def parse_batch(text: bytes | str) -> list[Message]:
         value = strictjson.loads(text)
     except strictjson.StrictJSONError as exc:
         raise BadBayeux(f"Bayeux request is not strict JSON: {exc}") from None
-    batch = value if isinstance(value, list) else [value]
+    batch: list = value if isinstance(value, list) else [value]
     if not batch:
         raise BadBayeux("empty Bayeux batch: send at least one message")
     if len(batch) > MAX_MESSAGES:

@@ -27,8 +27,17 @@ from ..errors import AuthRefused, BackendError
 from ..service import CometService, unavailable
 from . import channels
 from .channels import ChannelError
-from .messages import (CONNECTION_TYPES, VERSION, Message, advice, error, ext_token, reply, subscriptions_of,
-                       unknown_client)
+from .messages import (
+    CONNECTION_TYPES,
+    VERSION,
+    Message,
+    advice,
+    error,
+    ext_token,
+    reply,
+    subscriptions_of,
+    unknown_client,
+)
 from .sessions import Session, SessionStore
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-
 @dataclass(slots=True)
 class Session:
     """One Bayeux client: its subscriptions (sorted), a position per feed, the epoch of those."""

@@ -1,0 +1,86 @@
+"""The Bayeux session stores, one contract for the three (memory, SQLite, Redis), with plain calls."""
+from __future__ import annotations
+
+import pytest
+
+from geventcomet import Config
+from geventcomet.bayeux.sessions import MemorySessions, Session
+from geventcomet.bayeux.sessions_sqlite import SQLiteSessions
+from geventcomet.bayeux.stores import open_sessions
+
+from .helpers import Clock
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        made = MemorySessions(60, Clock())
+    elif request.param == "sqlite":
+        made = SQLiteSessions(f"sqlite:///{tmp_path}/comet.db", 60, Clock())
+    else:
+        made = open_sessions(Config(backend=request.getfixturevalue("redis_url"), bayeux_session_ttl_s=60))
+    yield made
+    made.close()
+
+
+def test_a_session_keeps_subscriptions_and_merges_positions(store):
+    store.create(Session("c1", positions={"bx.s:c1": 0}, epoch="E1", token="t"))
+    assert store.subscribe("c1", {"/a": 3, "bx.one:/b": 0}, "E1", ["/a", "/b/*"])
+    assert store.save("c1", {"/a": 5, "bx.s:c1": 1}, "E1")  # a connect that read /a and the control channel
+    assert store.subscribe("c1", {"/z": 9}, "E1", ["/z"])  # meanwhile elsewhere
+    session = store.load("c1")
+    assert session.subscriptions == ["/a", "/b/*", "/z"]
+    assert session.positions == {"/a": 5, "bx.one:/b": 0, "/z": 9, "bx.s:c1": 1}
+    assert (session.epoch, session.token, session.connected) == ("E1", "t", True)
+    assert store.unsubscribe("c1", ["/b/*"], ["bx.one:/b"])
+    session = store.load("c1")
+    assert session.subscriptions == ["/a", "/z"] and "bx.one:/b" not in session.positions
+
+
+def test_a_gone_session_is_not_resurrected(store):
+    assert store.load("nobody") is None
+    assert not store.subscribe("nobody", {"/a": 1}, "E", ["/a"])
+    assert not store.save("nobody", {"/a": 1}, "E")
+    assert not store.unsubscribe("nobody", ["/a"], ["/a"])
+    store.create(Session("c2"))
+    store.delete("c2")
+    assert store.load("c2") is None and not store.save("c2", {"/a": 1}, "E")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_idle_sessions_expire_on_the_clock_and_a_touch_keeps_one(kind, tmp_path):
+    clock = Clock()
+    made = MemorySessions(60, clock) if kind == "memory" else SQLiteSessions(f"sqlite:///{tmp_path}/c.db", 60, clock)
+    made.create(Session("old"))
+    made.create(Session("kept"))
+    clock.now += 59
+    assert made.load("kept") is not None
+    clock.now += 2
+    assert made.expire() == 1 and made.count() == 1
+    assert made.load("old") is None and made.load("kept") is not None
+    clock.now += 61
+    assert made.load("kept") is None and made.count() == 0
+
+
+def test_sqlite_sessions_survive_reopening(tmp_path):
+    url = f"sqlite:///{tmp_path}/comet.db"
+    first = SQLiteSessions(url, 60)
+    first.create(Session("c3", positions={"bx.s:c3": 2}, epoch="E"))
+    first.subscribe("c3", {"/a": 7}, "E", ["/a"])
+    first.close()
+    again = SQLiteSessions(url, 60)
+    session = again.load("c3")
+    assert session.subscriptions == ["/a"] and session.positions == {"bx.s:c3": 2, "/a": 7}
+    again.close()
+
+
+def test_redis_sessions_expire_by_themselves(redis_url):
+    made = open_sessions(Config(backend=redis_url, bayeux_session_ttl_s=60))
+    made.create(Session("c4"))
+    ttl_ms = made.redis.pttl("gc:bx:s:c4")
+    assert 0 < ttl_ms <= 60_000
+    made.redis.pexpire("gc:bx:s:c4", 5000)  # 55 idle seconds later
+    assert made.load("c4") is not None and made.redis.pttl("gc:bx:s:c4") > 5000  # a request restarts it
+    made.redis.delete("gc:bx:s:c4")  # what the TTL does at 60 idle seconds
+    assert made.load("c4") is None and not made.save("c4", {}, "E")
+    made.close()
