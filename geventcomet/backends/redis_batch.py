@@ -16,7 +16,7 @@ import redis
 from gevent.hub import Waiter
 from redis.commands.core import Script
 
-from .redis_scripts import CLIENTS_KEY, epoch_candidate, evalsha, read_args, register_args
+from .redis_scripts import CLIENTS_KEY, WAKE_CHANNEL, epoch_candidate, evalsha, read_args, register_args
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,14 @@ class Batcher:
         return replies
 
 
+#: PUBLISH's arguments before the one that asks for its wake-up back (:mod:`.redis_scripts`).
+PUBLISH_ARGS = 12
+
+
+class ReplicasBehind(redis.RedisError):
+    """WAIT timed out before ``--redis-min-replicas`` replicas had a batch's publishes."""
+
+
 class PublishBatcher(Batcher):
     """Publishes sent many at a time as one pipeline, on the writer pool (never retried).
 
@@ -157,11 +165,56 @@ class PublishBatcher(Batcher):
     fails every publish in it (each notify answers 503; its Idempotency-Key makes
     the retry safe), as a single publish would. ``scripts`` is (publish,); each call's
     argument is its ``(keys, args)`` (:func:`~.redis_scripts.publish_args`).
+
+    With ``min_replicas`` N > 0 the pipeline ends with ``WAIT N timeout``: a batch is
+    acknowledged only when N replicas have it, else every publish in it fails
+    (:class:`ReplicasBehind`, 503). With ``single_events`` (the calls are PUBLISH's, one
+    event each) the script is also asked (an extra ``"1"`` argument) to hand back its
+    wake-up instead of publishing it, so that no process hears of an event before it is
+    replicated (it is published after the WAIT), and each acknowledged (channel, seq) is
+    told to the Sentinel fence, if any. Other scripts publish their own wake-ups.
     """
+
+    def __init__(self, client: redis.Redis, scripts: tuple[Script, ...], flushers: int,
+                 min_replicas: int = 0, replica_timeout_s: float = 0.5, single_events: bool = False) -> None:
+        super().__init__(client, scripts, flushers)
+        self._single = single_events
+        self._min_replicas = min_replicas
+        self._wait_ms = max(1, int(replica_timeout_s * 1000))
+        self._fence = getattr(client.connection_pool, "fence", None) if single_events else None
 
     def _run(self, batch: list) -> list:
         sha = self._scripts[0].sha
-        return self._execute([evalsha(sha, call) for _, call, _ in batch])
+        if not self._min_replicas:
+            return self._observed(batch, self._execute([evalsha(sha, call) for _, call, _ in batch]))
+        commands = [evalsha(sha, self._wake_returned(call)) for _, call, _ in batch]
+        replies = self._execute([*commands, ("WAIT", self._min_replicas, self._wait_ms)])
+        acked = replies.pop()
+        if isinstance(acked, Exception) or acked < self._min_replicas:
+            raise ReplicasBehind(f"{acked if not isinstance(acked, Exception) else 0} of "
+                                 f"{self._min_replicas} replicas had the publish within {self._wait_ms} ms")
+        wakes = [("PUBLISH", WAKE_CHANNEL, reply[3]) for reply in replies
+                 if isinstance(reply, list) and len(reply) > 3]
+        if wakes:
+            try:
+                self._execute(wakes)
+            except redis.RedisError as exc:  # stored and replicated: acknowledged all the same
+                log.warning("Redis wake-ups of %d replicated publishes not sent (%s); waiters read them "
+                            "at their next poll", len(wakes), exc)
+        return self._observed(batch, [reply[:3] if isinstance(reply, list) else reply for reply in replies])
+
+    def _wake_returned(self, call: tuple) -> tuple:
+        """PUBLISH's ``call`` asking for its wake-up back (see the class); other scripts' as is."""
+        keys, args = call
+        return (keys, (*args[:PUBLISH_ARGS], "1")) if self._single else call
+
+    def _observed(self, batch: list, replies: list) -> list:
+        """``replies``, each acknowledged (epoch, seq) told to the Sentinel fence first."""
+        if self._fence is not None:
+            for (_, (_, args), _), reply in zip(batch, replies):
+                if isinstance(reply, list) and reply[2] == 0:
+                    self._fence.observe(str(args[0]).encode(), int(reply[1]), reply[0])
+        return replies
 
 
 def _deliver(batch: list, results: list) -> None:

@@ -6,6 +6,9 @@ says nothing, so wake-ups sent meanwhile are lost without a trace. So every (re)
 the first calls ``on_resubscribed`` (the backend wakes every local waiter to
 re-read Redis), and a lost connection calls ``on_lost`` (the backend stops trusting
 its tails) before the next try.
+
+Behind Sentinel the pool's fence (:class:`~.redis_sentinel.MasterFence`) is told each
+wake-up's channel, seq and epoch, so that a new master can be checked against them.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ class WakeListener:
         #: Subscribed right now (for the backend's health).
         self.listening = False
         self._greenlet: gevent.Greenlet | None = None
+        self._fence = getattr(client.connection_pool, "fence", None)  # redis+sentinel:// only
 
     def start(self, wait_s: float) -> bool:
         """Start listening; True if subscribed within ``wait_s`` (it keeps trying anyway)."""
@@ -62,6 +66,9 @@ class WakeListener:
                     if self._closing:
                         break
                     if message["type"] == "message":
+                        if self._fence is not None:
+                            channel, seq, epoch = message["data"].split(b"\n", 3)[:3]
+                            self._fence.observe(channel, int(seq), epoch)
                         self._on_message(message["data"])
                     elif message["type"] == "subscribe":
                         backoff = RECONNECT_FIRST_S
