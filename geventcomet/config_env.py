@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -31,8 +32,14 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, value: Any, allowed: str, *, secret: bool = False) -> None:
         self.field, self.value, self.allowed, self.secret = field, value, allowed, secret
-        shown = "***" if secret else repr(value)
+        shown = "***" if secret else quoted(value)
         super().__init__(f"{flag_of(field)} {shown} (or {env_of(field)}): {allowed}")
+
+
+def quoted(value: Any) -> str:
+    """``value`` as typed when it is one plain word (``70000``, ``LOUD``), else in quotes."""
+    text = str(value)
+    return text if re.fullmatch(r"[\w.:/@*+,-]+", text) else repr(text)
 
 
 def key_of(name: str) -> str:

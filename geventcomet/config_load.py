@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .config import Config, check_token_given_once
-from .config_env import CONFIG_ENV, ConfigError, env_of, flag_of, key_of, parse_text, read_env
+from .config_env import CONFIG_ENV, ConfigError, env_of, flag_of, key_of, parse_text, quoted, read_env
 from .config_file import ConfigFileError, read_config_file
 from .security import mask_credentials
 
@@ -86,7 +86,7 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> L
 def spell(exc: ConfigError, source: str, value: Any) -> str:
     """The error as the user wrote the setting: ``--port 'abc'``, ``GEVENTCOMET_PORT='abc'``..."""
     name = exc.field
-    shown = "***" if exc.secret else repr(value)
+    shown = "***" if exc.secret else quoted(value)
     kind, _, where = source.partition(" ")
     if kind == "flag":
         return f"{flag_of(name)} {shown} (or {env_of(name)}): {exc.allowed}"
