@@ -251,7 +251,8 @@ class Supervisor:
         procs = [p for p in self.procs.values() if p.poll() is None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        # Each worker first answers /readyz 503 for --drain-delay while still serving.
+        deadline = time.monotonic() + STOP_TIMEOUT_S + getattr(self.config, "drain_delay_s", 0.0)
         for proc in procs:
             stop_worker(proc, max(deadline - time.monotonic(), 0.1), signum=None)
         if self._restarting is not None:  # it sees `stopping` and stops the worker it started
