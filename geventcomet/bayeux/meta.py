@@ -88,9 +88,11 @@ class MetaHandler:
             feed = channels.feed_of(name)
             read = self._read(feed, epoch)
             positions[feed], epoch = read.last_seq, epoch or read.epoch
+        # Wake a held connect first, and store the wake-up's position with the subscription:
+        # a connect that loads the new subscriptions does not return at once for it.
+        positions[channels.control_channel(session.client_id)] = self.wake(session.client_id)
         if not self.sessions.subscribe(session.client_id, positions, epoch, wanted):
             return self._gone(message)
-        self.wake(session.client_id)
         return reply(message, True)
 
     def unsubscribe(self, message: Message, session: Session) -> Message:
@@ -137,10 +139,11 @@ class MetaHandler:
             raise unavailable(exc) from None
         return reply(message, True)
 
-    def wake(self, client_id: str) -> None:
-        """Make a held connect of this session return, in whichever process holds it."""
+    def wake(self, client_id: str) -> int:
+        """Make a held connect of this session return, in whichever process holds it; the
+        wake-up's position in the session's control channel."""
         try:
-            self.service.backend.publish(channels.control_channel(client_id), "0")
+            return self.service.backend.publish(channels.control_channel(client_id), "0")
         except BackendError as exc:
             raise unavailable(exc) from None
 
