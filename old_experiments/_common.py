@@ -40,6 +40,15 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
+#: Seconds between progress lines while a comparison runs.
+PROGRESS_EVERY_S = 5.0
+
+
+def progress(text: str) -> None:
+    """One line on stderr while an experiment runs (its table goes to stdout at the end)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def announce_listening(host: str, port: int, what: str) -> None:
     """Log that this server listens, and announce it to the parent that asked (:mod:`geventcomet.ready`)."""
     log.info("%s listening on http://%s:%d/", what, host, port)

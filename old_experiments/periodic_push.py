@@ -37,6 +37,7 @@ import threading
 import time
 
 from ._common import (
+    PROGRESS_EVERY_S,
     Child,
     PooledHTTPServer,
     QuietHandler,
@@ -48,6 +49,7 @@ from ._common import (
     log,
     open_get,
     os_threads,
+    progress,
     python_module,
     setup_logging,
 )
@@ -258,7 +260,13 @@ def measure(mode: str, clients: int, duration: float, interval: float, workers: 
         jobs = [gevent.spawn(stream_client, host, int(port), lags, counts) for _ in range(clients)]
         # Every stream ends at the same moment, so a worker freed by one closing stream
         # cannot pick up a queued one before the count is taken.
-        gevent.joinall(jobs, timeout=duration)
+        deadline = time.monotonic() + duration
+        while (left := deadline - time.monotonic()) > 0.05 and not all(job.dead for job in jobs):
+            gevent.joinall(jobs, timeout=min(left, PROGRESS_EVERY_S))  # all done, or time for a line
+            left = deadline - time.monotonic()
+            if left > 1.0:
+                progress(f"  {mode}: {sum(1 for n in counts if n)} of {clients} streams receiving, "
+                         f"{len(lags)} pushes, {duration - left:.0f} of {duration:g} s")
         held = sum(1 for n in counts if n)
         threads, cpu = os_threads(child.pid), cpu_seconds(child.pid) - cpu0
         gevent.killall(jobs, timeout=5)
@@ -272,7 +280,10 @@ def measure(mode: str, clients: int, duration: float, interval: float, workers: 
 
 
 def compare(clients: int, duration: float, interval: float, workers: int) -> list[dict]:
-    results = [measure(mode, clients, duration, interval, workers) for mode in ("threads", "greenlets")]
+    results = []
+    for number, mode in enumerate(("threads", "greenlets"), 1):
+        progress(f"[{number}/2] {mode}: {clients} streams for {duration:g} s")
+        results.append(measure(mode, clients, duration, interval, workers))
     print(f"{clients} streaming clients for {duration:g} s, a push every {interval:g} s "
           f"(threads: a pool of {workers}); {os.cpu_count()} CPUs")
     print(format_table(

@@ -30,7 +30,16 @@ import gevent.socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
-from ._common import add_server_args, announce_listening, cpu_seconds, log, open_get, os_threads, setup_logging
+from ._common import (
+    add_server_args,
+    announce_listening,
+    cpu_seconds,
+    log,
+    open_get,
+    os_threads,
+    progress,
+    setup_logging,
+)
 
 #: Bounds on what a request may ask for, so no request trickles forever.
 MAX_CHUNKS = 1000
@@ -133,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stop.set)
     if args.clients:
+        progress(f"{args.clients} clients, each a page of {args.chunks} chunks {args.interval:g} s apart: "
+                 f"about {(args.chunks - 1) * args.interval:.0f} s")
         runner = gevent.spawn(load, args.host, server.server_port, args.clients, args.chunks, args.interval)
         gevent.wait([runner, stop], count=1, timeout=args.duration)
         if runner.successful():

@@ -38,7 +38,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ._common import Child, add_server_args, cpu_seconds, format_table, log, os_threads, python_module, setup_logging
+from ._common import (
+    PROGRESS_EVERY_S,
+    Child,
+    add_server_args,
+    cpu_seconds,
+    format_table,
+    log,
+    os_threads,
+    progress,
+    python_module,
+    setup_logging,
+)
 
 MODES = ("threads", "waitpool", "geventcomet")
 #: The article's long-poll: every poll is held up to this long.
@@ -61,9 +72,11 @@ def run_load(url: str, args: argparse.Namespace):
     """The load, through loadclient's Python API (the same options as its command line)."""
     import loadclient  # gevent-based; imported here so the 2008 servers never import gevent
 
+    # loadclient's progress line (stderr) every few seconds: a mode takes 20 s to 1 min
     return loadclient.run(url, clients=args.clients, ramp=args.ramp, duration=args.duration,
                           channels=args.channels, notify_rate=args.notify_rate, poll_timeout=args.poll_timeout,
-                          progress=0, ready_timeout=args.clients / args.ramp + 3 * args.poll_timeout + 10)
+                          progress=PROGRESS_EVERY_S, accept_short=True,  # a starved notifier is the finding
+                          ready_timeout=args.clients / args.ramp + 3 * args.poll_timeout + 10)
 
 
 class Prober(threading.Thread):
@@ -147,7 +160,13 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
-    results = [measure(mode, args) for mode in args.modes]
+    results = []
+    for number, mode in enumerate(args.modes, 1):
+        least = args.clients / args.ramp + args.duration + args.poll_timeout
+        progress(f"[{number}/{len(args.modes)}] {mode}: {args.clients} clients at {args.ramp:g}/s, then "
+                 f"{args.duration:g} s of notifies: {least:.0f} s or more (an overloaded server takes longer)")
+        results.append(measure(mode, args))
+        progress(f"[{number}/{len(args.modes)}] {mode}: done in {results[-1]['run_s']:.0f} s")
     print(f"{args.clients} clients (ramp {args.ramp:g}/s) holding {args.poll_timeout:g} s long-polls for "
           f"{args.duration:g} s over {args.channels} channels, {args.notify_rate:g} notifies/s; "
           f"threads: a pool of {args.workers}; waitpool: {args.wait_threads} wait threads scanning every "
