@@ -223,6 +223,8 @@ class Nginx:
 
     def _answers(self) -> bool:
         import socket
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError("nginx exited: " + (self.workdir / "nginx-stdout.log").read_text())
         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
             return True
 
@@ -257,8 +259,8 @@ error_log {error} warn;
 worker_rlimit_nofile 20000;
 events {{ worker_connections 8000; }}
 http {{
-    access_log {access} status;
     log_format status '$status $request_method $upstream_addr $upstream_status';
+    access_log {access} status;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
