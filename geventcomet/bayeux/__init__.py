@@ -13,9 +13,11 @@ deliveries then come before the connect's reply, as CometD's server sends them.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
-from .. import protocol
+from .. import misbehaviour, protocol
 from ..access import Access
+from ..errors import CometError
 from ..replies import Headers, Reply
 from ..service import CometService
 from . import channels
@@ -47,12 +49,17 @@ class BayeuxEndpoint:
 
     def snapshot(self) -> dict:
         """``bayeux`` in ``/stats``: this process's counters and the sessions held (if known)."""
-        from dataclasses import asdict
         return {"bayeux": {**asdict(self.stats), "sessions": self.sessions.count()}}
 
     def handle(self, environ: dict) -> Reply:
         """One Bayeux request: a JSON array of messages in, a JSON array of replies out."""
-        batch, callback = read_request(environ, self.service.config.max_body_bytes)
+        try:
+            batch, callback = read_request(environ, self.service.config.max_body_bytes)
+        except CometError as exc:
+            misbehaviour.note("bayeux-bad-request", exc.message[:100])
+            raise
+        if callback is not None:
+            self.stats.callback_polls += 1
         self._sweep()
         parts: list[bytes] = []
         connect: Message | None = None

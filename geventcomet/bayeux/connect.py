@@ -43,6 +43,7 @@ class BayeuxStats:
     unknown_clients: int = 0
     expired: int = 0
     gaps: int = 0  # connect replies that said recovered: false
+    callback_polls: int = 0  # requests over JSONP (callback-polling)
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 - ``POST`` with a JSON body (``application/json``, or any type that is not a form) or
   ``application/x-www-form-urlencoded`` with ``message=<json>`` (Faye's cross-origin
-  transport posts that). The reply is ``application/json``: a JSON array.
+  transport posts that, as ``text/plain``: a body starting ``message=`` is a form). The reply is ``application/json``: a JSON array.
 - ``GET ?message=<json>[&jsonp=<callback>]``: with ``jsonp`` the reply is
   ``/**/callback([...]);`` as ``text/javascript`` (callback-polling, for a browser's
   script tag), the name checked to be a plain JavaScript identifier path; without it,
@@ -34,7 +34,8 @@ def read_request(environ: dict, max_body_bytes: int) -> tuple[list[Message], str
             raise BadBayeux("GET /bayeux needs ?message=<JSON> (and jsonp=<callback> for callback-polling)")
         return parse_batch(fields["message"]), (check_callback(callback) if callback is not None else None)
     body = _read_body(environ, max_body_bytes)
-    if environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() == _FORM:
+    # Faye's cross-origin transport posts message=... as text/plain (it sets no Content-Type).
+    if environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower() == _FORM or body.startswith(b"message="):
         try:
             fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=8))
         except (UnicodeDecodeError, ValueError):
