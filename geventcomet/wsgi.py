@@ -10,11 +10,29 @@ its own backend connections and its own pub/sub listener. With more than one
 worker the backend must be shared (Redis): with ``memory`` a notify would only
 wake clients held by the worker that received it. ``create_app()`` is the same
 thing as a factory: ``gunicorn 'geventcomet.wsgi:create_app()'``.
+
+**Graceful stop under gunicorn.** This module is also a gunicorn config module:
+
+    gunicorn -k gevent -c python:geventcomet.wsgi ... 'geventcomet.wsgi:app'
+
+gives the hooks :func:`post_worker_init` and :func:`worker_int`, so that a worker being
+stopped (``SIGTERM`` to the arbiter or the worker, a ``HUP`` reload, ``SIGINT``/``SIGQUIT``)
+answers every held poll at once with the reconnect reply carrying its cursor, as
+``geventcomet serve`` does, instead of holding it until ``--graceful-timeout`` and then
+dropping the connection. Measured fact (gunicorn 23-27's gevent worker): ``SIGTERM`` only
+sets ``worker.alive = False``; the worker then stops accepting and waits up to
+``--graceful-timeout`` for its connections to finish, and no hook runs before that wait,
+so the hook wraps the worker's ``SIGTERM`` handler. A worker recycled by
+``--max-requests`` gets no signal and is not drained.
 """
 from __future__ import annotations
 
 import functools
 import logging
+import signal
+from typing import Any
+
+import gevent
 
 from .app import CometApp, make_app
 from .backends import backend_class
@@ -46,3 +64,27 @@ def __getattr__(name: str):
     if name in ("app", "application"):
         return built_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def drain() -> None:
+    """Answer every poll held by this process with "reconnect"; later polls get it at once."""
+    if built_app.cache_info().currsize:  # an app never built holds nothing
+        log.info("stopping: held polls are told to reconnect")
+        built_app().hub.shutdown()
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn hook: the worker's ``SIGTERM`` handler also drains (see the module docstring)."""
+    stop = worker.handle_exit
+
+    def handle_exit(signum: int, frame: Any) -> None:
+        stop(signum, frame)
+        gevent.spawn(drain)  # out of the signal handler, as gunicorn's own handle_quit does
+
+    worker.handle_exit = handle_exit
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_int(worker: Any) -> None:
+    """gunicorn hook on ``SIGINT``/``SIGQUIT``: drain before the worker exits (it then waits 0.1 s)."""
+    drain()
