@@ -21,11 +21,17 @@ and writes headers and body in two sends. This handler adds:
 - ``environ['geventcomet.socket']``: the connection's Peer, which a held request
   watches for a hang-up (pipelined bytes are kept for the next request), and
   ``environ['geventcomet.abandon_body']`` so a refused body is never read;
-- a fast path for ``GET /register`` (most of the traffic): the app's ``respond()``
-  (what its WSGI ``__call__`` calls too) is called with a small environ and its
-  reply written directly, skipping pywsgi's environ, ``start_response`` and result
-  iteration (~20 % of a poll's CPU). An application without ``respond()`` (wrapped
-  in middleware, or in ``wsgiref.validate``) gets every request through WSGI;
+- a lean path for ``GET /register`` and ``POST /notify`` over HTTP/1.1 (nearly all the
+  traffic): one ``recv`` of the whole request, parsed on the bytes by
+  :mod:`geventcomet.fasthead` (the same :mod:`~geventcomet.http_rules`), the app's
+  ``respond()`` (what its WSGI ``__call__`` calls too) called with a small environ and
+  its reply written directly: no pywsgi line reader, environ, ``start_response`` or
+  result iteration. A connection gets pywsgi's buffered reader (1 KiB, held by a parked
+  request for its whole wait) only when a request takes pywsgi's path: anything the
+  lean parser does not take (another route or method, HTTP/1.0, a head split over
+  reads, a fault to answer) is handed to pywsgi with the bytes already read, under the
+  deadline already running. An application without ``respond()`` (wrapped in
+  middleware, or in ``wsgiref.validate``), or an access log, gets every request through WSGI;
 - after a reply sent while the hub wakes a fan-out (``Hub.waking``), one yield, so
   the hub's loop sends the next waiter's reply before this request goes back to
   pywsgi's loop (~10 us per waiter, after the last send).
@@ -37,6 +43,8 @@ from __future__ import annotations
 
 import io
 import socket
+import time
+from typing import Any
 
 import gevent
 from gevent.pywsgi import WSGIHandler
@@ -45,9 +53,10 @@ from .auth import masked_request_line
 from .errors import ClientGone
 from .http_input import Headers, HeadersTooLarge, RequestBody
 from .http_rules import HeadError, check_head, parse_request_line
+from .lean import PYWSGI_PATH, LeanRequests
 from .misbehaviour import note
 from .peer import BodyTimeout, HeaderTimeout, IdleTimeout, Peer, SlowReader
-from .replies import error_reply, http_date, status_line_bytes
+from .replies import error_reply, http_date
 
 #: Read buffer per connection. A request head is a few hundred bytes; pywsgi's
 #: default of 8 KiB would be held by every parked client for its whole wait.
@@ -60,17 +69,21 @@ RESPONSE_414 = error_reply(414, "the request line is too long")
 RESPONSE_400 = error_reply(400, "malformed HTTP request")
 
 
-class CometHandler(WSGIHandler):
+class CometHandler(LeanRequests, WSGIHandler):
     """pywsgi handler with deadlines, head rules and limits, disconnect hooks and single-write replies."""
 
     def __init__(self, sock, address, server, rfile=None) -> None:  # noqa: ARG002 (pywsgi's signature)
-        self._fast = False
         self._reading = False
         self.socket = sock
         self.client_address = address
         self.server = server
         self.peer = Peer(sock, address)
-        self.rfile = io.BufferedReader(self.peer, RFILE_BUFFER_BYTES)
+        #: None while every request took the lean path (pywsgi's reader is made on demand).
+        self.rfile: Any = None
+        self._head_deadline = 0.0  # a head's deadline, kept when the lean path hands it on
+        self._lean = not server.access_log_enabled and hasattr(server.application, "respond")
+        if not self._lean:
+            self.rfile = io.BufferedReader(self.peer, RFILE_BUFFER_BYTES)
         self._requests_served = 0
         if isinstance(address, tuple):  # TCP, not a Unix socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -90,6 +103,10 @@ class CometHandler(WSGIHandler):
             self.server.reading_requests += 1 if reading else -1
 
     def read_requestline(self):
+        if self._head_deadline:  # the lean path read the start of this head: same deadline
+            self.peer.arm(self._head_deadline - time.monotonic(), HeaderTimeout)
+            self._head_deadline = 0.0
+            return super().read_requestline()
         if self._requests_served:  # between keep-alive requests: wait quietly
             if self.server.closed or not self._wait_for_next_request():
                 return ""
@@ -127,6 +144,11 @@ class CometHandler(WSGIHandler):
         return True
 
     def handle_one_request(self):
+        if self.rfile is None:
+            outcome = self.lean_request()
+            if outcome is not PYWSGI_PATH:
+                return outcome
+            self.rfile = io.BufferedReader(self.peer, RFILE_BUFFER_BYTES)
         try:
             result = super().handle_one_request()
         except HeaderTimeout:  # raised while reading the request line
@@ -179,8 +201,6 @@ class CometHandler(WSGIHandler):
         return ("400", RESPONSE_400)
 
     def get_environ(self):
-        if self._fast_route():
-            return self._fast_environ()
         env = super().get_environ()
         env["geventcomet.socket"] = self.peer
         env["geventcomet.abandon_body"] = self.abandon_body
@@ -192,60 +212,6 @@ class CometHandler(WSGIHandler):
     def _body_failed(self) -> None:
         self.abandon_body()  # nothing left to discard
         self.peer.broken = True
-
-    # -- the fast path: GET /register without pywsgi's WSGI machinery (module docstring;
-    # pywsgi's environ, start_response and result iteration were ~20 % of a poll's CPU,
-    # bench/RESULTS.md 2026-11-21) ----------------------------------------------------
-
-    def _fast_route(self) -> bool:
-        self._fast = (self.command == "GET" and self.request_version == "HTTP/1.1"
-                      and self.path.partition("?")[0] == "/register" and not self.content_length
-                      and self.headers.get("transfer-encoding") is None
-                      and not self.server.access_log_enabled
-                      and hasattr(self.server.application, "respond"))
-        return self._fast
-
-    def _fast_environ(self) -> dict:
-        _, _, query = self.path.partition("?")
-        env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/register", "QUERY_STRING": query,
-               "SERVER_PROTOCOL": "HTTP/1.1", "geventcomet.socket": self.peer}
-        for name, value in self.headers.items():
-            if "_" not in name:  # as pywsgi: X_Y must not pass for X-Y
-                env["HTTP_" + name.upper().replace("-", "_")] = value
-        return env
-
-    def handle_one_response(self):
-        if not self._fast:
-            return super().handle_one_response()
-        self._fast = False
-        self.status = b""
-        self.code = 0
-        self.response_length = 0
-        try:
-            status, body, content_type, headers = self.server.application.respond(self.environ)
-        except ClientGone:
-            self.close_connection = True
-            return None
-        head = [status_line_bytes(status), b"Content-Type: ", content_type.encode(),
-                b"\r\nContent-Length: ", b"%d" % len(body), b"\r\nCache-Control: no-store\r\nDate: ",
-                http_date(), b"\r\n"]
-        for name, value in headers:
-            if name == "Connection" and value == "close":
-                self.close_connection = True
-            head += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
-        head += (b"\r\n", body)
-        self.code = status
-        try:
-            self._sendall(b"".join(head))
-        except OSError:
-            self.close_connection = True
-            return None
-        if self.server.application.hub.waking:
-            # Run from the hub's fan-out loop: let it send the next waiter's reply before
-            # this one goes back to reading its next request (~10 us of pywsgi's loop per
-            # waiter, after the last send).
-            gevent.sleep(0)
-        return None
 
     def abandon_body(self) -> None:
         """Do not read (or discard) the request body; close the connection after the reply."""

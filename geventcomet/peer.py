@@ -104,6 +104,29 @@ class Peer(io.RawIOBase):
         finally:
             sock.settimeout(None)
 
+    def read_some(self, size: int) -> bytes:
+        """What is there: the pushback if any, else one ``recv`` of at most ``size`` bytes
+        (waiting under the armed deadline); ``b""`` when the client closed."""
+        pending = self._pending
+        if pending:
+            self._pending = bytearray()
+            return bytes(pending)
+        sock = self.sock
+        if self._deadline is None:
+            return bytes(sock.recv(size))
+        sock.settimeout(max(self._deadline - time.monotonic(), 0.0))
+        try:
+            return bytes(sock.recv(size))
+        except (BlockingIOError, TimeoutError):
+            self.broken = True
+            raise self._expired() from None
+        finally:
+            sock.settimeout(None)
+
+    def unread(self, data: bytes) -> None:
+        """Give ``data`` back: the next read returns it first."""
+        self._pending[:0] = data
+
     def readable_while_held(self) -> bool:
         """Called when a held request's socket is readable: True if the client is gone.
 

@@ -34,7 +34,7 @@ class LongPoll:
                               environ.get("geventcomet.socket") or environ.get("gunicorn.socket"))
         cursor = protocol.encode_cursor(result.epoch, result.positions)
         if result.shutting_down:
-            body = protocol.json_bytes({"error": "server is shutting down; poll again with this cursor",
+            body = protocol.json_reply({"error": "server is shutting down; poll again with this cursor",
                                         "reconnect": True, "cursor": cursor, "client": client})
             return (503, body, JSON, (("Retry-After", str(service.reconnect_after_s)), ("Connection", "close")))
         stats = service.stats

@@ -236,6 +236,12 @@ def json_bytes(value: object) -> bytes:
     return encode_json(value).encode("utf-8", "replace")
 
 
+def json_reply(value: object) -> bytes:
+    """A whole JSON reply body: :func:`json_bytes` and a newline, so that a shell prompt does
+    not stick to ``curl``'s output (a JSON parser reads the newline as whitespace)."""
+    return json_bytes(value) + b"\n"
+
+
 def event_prefix(channel: str) -> bytes:
     """The bytes of an encoded event before its id: backends store ``prefix + id + suffix``."""
     return b'{"channel":' + encode_json(channel).encode() + b',"id":'
@@ -252,7 +258,7 @@ def encode_poll_reply(events: list[bytes], cursor: str, *, timeout: bool, recove
         b'{"events":[', b",".join(events), b'],"cursor":"', cursor.encode(),
         b'","timeout":', b"true" if timeout else b"false",
         b',"recovered":', b"true" if recovered else b"false",
-        b',"client":"', client.encode(), b'","epoch":"', epoch.encode(), b'"}',
+        b',"client":"', client.encode(), b'","epoch":"', epoch.encode(), b'"}\n',
     ))
 
 

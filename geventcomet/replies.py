@@ -15,7 +15,7 @@ from typing import Iterable
 
 from gevent.pywsgi import format_date_time
 
-from .protocol import json_bytes
+from .protocol import json_reply
 
 Headers = tuple[tuple[str, str], ...]
 #: status, body, content type, headers
@@ -50,7 +50,7 @@ def status_line_bytes(status: int) -> bytes:
 def error_reply(status: int, message: str, *, retry_after_s: int | None = None) -> bytes:
     """A whole ``Connection: close`` reply with a JSON ``{"error": message}``, for the HTTP
     server's own refusals (written before or without the WSGI application)."""
-    body = json_bytes({"error": message})
+    body = json_reply({"error": message})
     retry = f"Retry-After: {retry_after_s}\r\n" if retry_after_s is not None else ""
     return (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: application/json\r\nConnection: close\r\n"
             f"{retry}X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body

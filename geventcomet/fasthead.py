@@ -1,0 +1,105 @@
+"""The lean path's request parser: one whole request in one buffer, or None (let pywsgi read it).
+
+Most of a Comet server's requests are ``GET /register`` polls and ``POST /notify``
+publishes over keep-alive HTTP/1.1, each arriving whole in one ``recv``. For those the
+handler (:mod:`geventcomet.handler`) skips pywsgi's line-by-line reader, its
+per-connection buffered reader and its environ: :func:`parse_request` takes the
+bytes of one ``recv``, and if they hold a whole head (and, for a notify, its whole
+body) that passes every rule of :mod:`geventcomet.http_rules`, returns the request;
+the bytes after it (a pipelined request) are given back for the next read.
+
+Anything else returns None and the handler hands the same bytes to pywsgi's path,
+which applies the same rules with its deadlines and answers every fault (400, 408,
+413, 414, 431) as before. So this parser never refuses anything itself: a head it
+does not take is one it leaves to the path that can explain the refusal. No I/O here.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .http_rules import HeadError, check_head, parse_header_line, parse_request_line
+
+#: Header lines at most (as :data:`geventcomet.http_input.MAX_HEADER_LINES`).
+MAX_HEADER_LINES = 100
+#: A request line this long goes to pywsgi, which answers 414 (its MAX_REQUEST_LINE).
+MAX_REQUEST_LINE = 8192
+#: The (path, method) pairs the lean path serves; everything else takes pywsgi's path.
+LEAN_ROUTES = frozenset({("/register", "GET"), ("/notify", "POST")})
+#: Headers pywsgi gives as CONTENT_TYPE and CONTENT_LENGTH, not HTTP_*.
+_NOT_HTTP = frozenset({"content-type", "content-length"})
+
+
+class LeanRequest(NamedTuple):
+    """One whole request taken off the front of a buffer."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-cased name -> first value
+    body: bytes
+    close: bool  # the client asked to close the connection after the reply
+    rest: bytes  # bytes after this request: the start of the next one
+
+
+def parse_request(data: bytes, max_header_bytes: int) -> LeanRequest | None:
+    """The request at the start of ``data``, if the lean path may serve it; else None."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None  # the head is not all here: pywsgi reads the rest under its deadline
+    line_end = data.find(b"\r\n")
+    if line_end + 2 > MAX_REQUEST_LINE or end + 4 - line_end - 2 > max_header_bytes:
+        return None
+    try:
+        line = parse_request_line(data[:line_end + 2])
+        path, _, query = line.target.partition("?")
+        if (path, line.method) not in LEAN_ROUTES or line.version != "HTTP/1.1":
+            return None
+        pairs = [parse_header_line(raw + b"\r\n") for raw in data[line_end + 2:end].split(b"\r\n")] \
+            if end > line_end else []
+        if len(pairs) > MAX_HEADER_LINES:
+            return None
+        framing = check_head(line, pairs)
+    except HeadError:
+        return None
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        headers.setdefault(name.lower(), value)
+    if framing.chunked or "expect" in headers:
+        return None  # pywsgi's reader handles chunked bodies and 100-continue
+    length = framing.content_length or 0
+    body_start = end + 4
+    if len(data) - body_start < length or (length and line.method == "GET"):
+        return None
+    return LeanRequest(line.method, path, query, headers, data[body_start:body_start + length],
+                       framing.close, data[body_start + length:])
+
+
+def lean_environ(request: LeanRequest, peer: object, abandon_body: object) -> dict[str, Any]:
+    """The small environ the app's ``respond()`` gets on the lean path."""
+    env: dict[str, Any] = {"REQUEST_METHOD": request.method, "PATH_INFO": request.path, "QUERY_STRING": request.query,
+           "SERVER_PROTOCOL": "HTTP/1.1", "geventcomet.socket": peer}
+    for name, value in request.headers.items():
+        if "_" not in name and name not in _NOT_HTTP:  # as pywsgi: X_Y must not pass for X-Y
+            env["HTTP_" + name.upper().replace("-", "_")] = value
+    if request.method == "POST":
+        env["CONTENT_LENGTH"] = str(len(request.body))
+        env["CONTENT_TYPE"] = request.headers.get("content-type", "")
+        env["wsgi.input"] = BodyBytes(request.body)
+        env["geventcomet.abandon_body"] = abandon_body
+    return env
+
+
+class BodyBytes:
+    """``wsgi.input`` over a body already read whole."""
+
+    __slots__ = ("_data", "_position")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._position = 0
+
+    def read(self, length: int | None = None) -> bytes:
+        start = self._position
+        stop = len(self._data) if length is None or length < 0 else min(start + length, len(self._data))
+        self._position = stop
+        return self._data[start:stop]
