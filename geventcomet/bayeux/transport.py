@@ -2,7 +2,8 @@
 
 - ``POST`` with a JSON body (``application/json``, or any type that is not a form) or
   ``application/x-www-form-urlencoded`` with ``message=<json>`` (Faye's cross-origin
-  transport posts that, as ``text/plain``: a body starting ``message=`` is a form). The reply is ``application/json``: a JSON array.
+  transport posts that, as ``text/plain``: a body starting ``message=`` is a form).
+  The reply is ``application/json``: a JSON array.
 - ``GET ?message=<json>[&jsonp=<callback>]``: with ``jsonp`` the reply is
   ``/**/callback([...]);`` as ``text/javascript`` (callback-polling, for a browser's
   script tag), the name checked to be a plain JavaScript identifier path; without it,
