@@ -47,6 +47,8 @@ FILE_ENV = "GEVENTCOMET_METRICS_FILE"
 FD_ENV = "GEVENTCOMET_METRICS_FD"
 #: A worker reports this often (seconds): how old a scrape's numbers may be.
 REPORT_INTERVAL_S = 1.0
+#: How long a stopping worker waits to hand over its last report.
+FINAL_REPORT_TIMEOUT_S = 2.0
 #: A report longer than this is not one (a worker's is a few KB).
 MAX_REPORT_BYTES = 1024 * 1024
 
@@ -78,7 +80,12 @@ def report(fd: int | None, read: Callable[[], Numbers | None], stop: Event) -> N
         return
     gevent.os.make_nonblocking(fd)
     while not stop.wait(REPORT_INTERVAL_S):
-        if not send(fd, read()):
+        try:
+            numbers = read()
+        except Exception:  # a bug here must not stop the reports: the sum would go stale silently
+            log.exception("could not read this worker's metrics; the next report tries again")
+            continue
+        if not send(fd, numbers):
             return
 
 
@@ -87,7 +94,8 @@ def final_report(fd: int | None, read: Callable[[], Numbers | None]) -> None:
     if fd is None:
         return
     try:
-        send(fd, read())
+        with gevent.Timeout(FINAL_REPORT_TIMEOUT_S, False):  # a supervisor not reading must not hold the exit
+            send(fd, read())
     finally:
         os.close(fd)
 

@@ -14,7 +14,10 @@ its position.
 
 Each worker gets two inherited pipes: it announces on the readiness pipe
 (:mod:`geventcomet.ready`) once it listens, and it beats on the heartbeat pipe
-(:mod:`geventcomet.heartbeat`). A worker's log goes straight to the supervisor's stderr.
+(:mod:`geventcomet.heartbeat`), and it reports its metrics on a third pipe: the supervisor
+keeps the whole server's sum, retired workers included, in a file every worker's ``/metrics``
+reads, and serves ``--metrics-port`` itself (:mod:`geventcomet.metrics_workers`). A worker's
+log goes straight to the supervisor's stderr.
 
 - Start-up: once every worker has announced itself, the supervisor logs "all N workers
   listening" and announces itself on its own readiness pipe, with the workers' pids. A

@@ -1,9 +1,11 @@
 """Inside a worker process of ``geventcomet serve --workers N`` (the supervisor is
 :mod:`geventcomet.supervisor`).
 
-A worker is started by its supervisor with three things: its configuration as JSON in
-:data:`WORKER_ENV`, the write end of a heartbeat pipe (:mod:`geventcomet.heartbeat`)
-and the write end of a readiness pipe (:mod:`geventcomet.ready`). It binds its own
+A worker is started by its supervisor with four things: its configuration as JSON in
+:data:`WORKER_ENV`, the write end of a heartbeat pipe (:mod:`geventcomet.heartbeat`),
+the write end of a readiness pipe (:mod:`geventcomet.ready`) and the write end of a
+metrics pipe, on which it reports its counters every second and once more as it stops
+(:mod:`geventcomet.metrics_workers`). It binds its own
 listening socket to the supervisor's port with ``SO_REUSEPORT`` (the kernel spreads new
 connections across every socket bound so), serves like a single server
 (:func:`geventcomet.server.serve`), announces itself once it listens, and stops:
