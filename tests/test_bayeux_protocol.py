@@ -205,3 +205,16 @@ def test_half_sent_bodies_and_junk_do_not_stop_anyone(start_server):
     assert reply.startswith(b"HTTP/1.1 400")
     for sock in junk:
         sock.close()
+
+
+def test_a_notify_reaches_wildcard_subscribers_when_the_service_calls_publish_hooks(server, comet):
+    if not hasattr(server.app.service, "publish_hooks"):
+        pytest.skip("needs the service.py publish_hooks change given in the #16 report")
+    raw = Bayeux(server.url)
+    raw.start("/hooked/*", "/hooked/**")
+    comet.notify("/hooked/a", "via notify")
+    comet.notify("/hooked/a/b", "deeper")
+    assert [(m["channel"], m["data"]) for m in raw.connect()[:-1]] == [("/hooked/a", "via notify"),
+                                                                      ("/hooked/a/b", "deeper")]
+    assert raw.publish("/hooked/c", "bayeux")["successful"]  # once, not twice (hook and publish)
+    assert [m["data"] for m in raw.connect()[:-1]] == ["bayeux"]

@@ -49,6 +49,12 @@ class MetaHandler:
         self.access = access
         self.sessions = sessions
         self.hold_ms = hold_ms
+        # Every publish (POST /notify too) reaches the wildcard feeds when the service calls
+        # publish hooks; until it does, only Bayeux publishes do.
+        hooks = getattr(service, "publish_hooks", None)
+        self.feeds_by_hook = isinstance(hooks, list)
+        if isinstance(hooks, list):
+            hooks.append(self.append_to_feeds)
 
     def handshake(self, message: Message) -> Message:
         types = message.get("supportedConnectionTypes")
@@ -131,13 +137,20 @@ class MetaHandler:
             return error(message, 403, "", exc.message)
         data_json = protocol.encode_json(message["data"])
         sent = self.service.publish(protocol.NotifyRequest(channel, None, data_json))
-        event_json = protocol.encode_event(channel, sent.seq, data_json).decode()
+        if not self.feeds_by_hook:
+            self.append_to_feeds(channel, sent.seq, data_json)
+        return reply(message, True)
+
+    def append_to_feeds(self, channel: str, seq: int, data_json: str) -> None:
+        """Append a publish to ``channel`` to its wildcard feeds (a ``/``-channel only)."""
+        if channel[:1] != "/":
+            return  # not a Bayeux name (a private channel, a feed, a control channel)
+        event_json = protocol.encode_event(channel, seq, data_json).decode()
         try:
             for feed in channels.feeds_of_publish(channel):
                 self.service.backend.publish(feed, event_json)
         except BackendError as exc:
             raise unavailable(exc) from None
-        return reply(message, True)
 
     def wake(self, client_id: str) -> int:
         """Make a held connect of this session return, in whichever process holds it; the
