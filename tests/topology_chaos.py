@@ -10,6 +10,7 @@ polls of any client.
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -71,6 +72,18 @@ def rolling_restart(topology: Topology) -> str:
     return "SIGHUP of node 3 (rolling restart) done"
 
 
+def stall_worker(topology: Topology) -> str:
+    """SIGSTOP of a worker of node 2 (started afresh by drain_and_restart: its pids are current);
+    its supervisor kills it after --worker-stall-timeout (10 s) and its clients move on."""
+    node = topology.nodes[1]
+    pid = node.worker_pids()[0]
+    assert node.proc is not None
+    since = len(node.proc.log)
+    os.kill(pid, signal.SIGSTOP)
+    node.proc.wait_log(rf"worker pid {pid} has not answered", timeout=60, since=since)
+    return f"SIGSTOP of worker {pid} of node 2, killed by its supervisor"
+
+
 def sentinel_failover(topology: Topology) -> str:
     topology.redis.wait_replicas_in_sync()
     new = topology.redis.failover()
@@ -84,7 +97,7 @@ def kill_master(topology: Topology) -> str:
 
 
 SHORT_FAULTS: list[Callable[[Topology], str]] = [kill_worker, drain_and_restart, rolling_restart, sentinel_failover]
-LONG_FAULTS = [*SHORT_FAULTS, kill_master]
+LONG_FAULTS = [kill_worker, drain_and_restart, rolling_restart, stall_worker, sentinel_failover, kill_master]
 
 
 def delivered_after(subscribers: list[Subscriber], notifier: Notifier, since: float) -> bool:
@@ -110,7 +123,7 @@ def run_faults(topology: Topology, faults: list[Callable[[Topology], str]], subs
         wait_for(lambda: delivered_after(subscribers, notifier, done), recover_s, f"delivery after: {what}",
                  interval=0.1)
         recovered = time.monotonic()
-        report.append({"fault": what, "fault_s": round(done - started, 2),
+        report.append({"fault": what, "started": started, "recovered": recovered, "fault_s": round(done - started, 2),
                        "delivery_resumed_s": round(recovered - done, 2),
                        "worst_reconnect_gap_s": round(max(s.worst_gap(started, recovered) for s in subscribers), 2)})
     return report

@@ -154,7 +154,7 @@ def verdict(subscribers: list[Subscriber], notifier: Notifier) -> dict:
     statuses: dict = {}
     for sub in subscribers:
         for status, count in sub.statuses.items():
-            statuses[status] = statuses.get(status, 0) + count
+            statuses[str(status)] = statuses.get(str(status), 0) + count
     return {"clients": len(subscribers), "acked": len(notifier.acked), "lost": lost, "silently_lost": silent,
             "out_of_order_or_repeated": out_of_order,
             "duplicates_in_a_reply": sum(s.duplicates for s in subscribers),

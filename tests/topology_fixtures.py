@@ -208,7 +208,7 @@ class Nginx:
         return self.workdir / "nginx-access.log"
 
     def config(self) -> str:
-        servers = "".join(f"        server {upstream} max_fails=1 fail_timeout=2s;\n" for upstream in self.upstreams)
+        servers = "".join(f"        server {upstream} max_fails=3 fail_timeout=2s;\n" for upstream in self.upstreams)
         tmp = self.workdir / "nginx-tmp"
         return NGINX_CONF.format(pid=self.workdir / "nginx.pid", error=self.workdir / "nginx-error.log",
                                  access=self.access_log, tmp=tmp, servers=servers, port=self.port)
@@ -248,9 +248,11 @@ class Nginx:
 
 
 #: The documented block (docs/topology.md), with tmp paths. Long polls need a read timeout
-#: past the poll timeout; no buffering, so a reply leaves at once; POST /notify is retried
-#: on the next node only when the first refused the connection or answered 502/503
-#: (non_idempotent: the Idempotency-Key makes a retried notify safe).
+#: past the poll timeout; no buffering, so a reply leaves at once. A request whose node
+#: fails (refused, reset, timed out) before it answers goes to the next node, POST /notify
+#: too (non_idempotent: safe only because notifiers send an Idempotency-Key). A 503 is NOT
+#: retried by nginx: when Redis is down every node says 503, and counting those as failures
+#: marked every node down ("no live upstreams", 502s, measured); the client retries instead.
 NGINX_CONF = """
 daemon off;
 worker_processes 1;
@@ -279,7 +281,7 @@ http {{
             proxy_buffering off;
             proxy_read_timeout 75s;
             proxy_connect_timeout 2s;
-            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            proxy_next_upstream error timeout non_idempotent;
             proxy_next_upstream_tries 3;
         }}
     }}
