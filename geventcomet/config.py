@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .config_env import ENV_PREFIX, ConfigError, key_of, parse_text, read_env
+from .config_env import CONFIG_ENV, ENV_PREFIX, ConfigError, key_of, parse_text, read_env
+from .config_file import read_config_file
 from .security import host_policy, mask_credentials
 
 __all__ = ["Config", "ConfigError", "ENV_PREFIX", "parse_value", "read_token_file"]
@@ -139,16 +140,20 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Config":
-        """Build a Config from ``GEVENTCOMET_*`` variables, then ``overrides`` (field names).
+        """Build a Config from the file named by ``GEVENTCOMET_CONFIG`` (if any), then the other
+        ``GEVENTCOMET_*`` variables, then ``overrides`` (field names).
 
         A variable under its old name, or an unknown one, is logged as a warning (for gunicorn,
         which builds its Config here); ``geventcomet serve`` uses :mod:`geventcomet.config_load`,
         which reads a ``--config`` file too.
         """
-        env = read_env(dataclasses.fields(cls), environ)
+        fields = dataclasses.fields(cls)
+        path = environ.get(CONFIG_ENV)
+        env = read_env(fields, environ)
         for warning in env.warnings:
             logging.getLogger("geventcomet").warning("%s", warning)
-        values = {**env.values, **{k: v for k, v in overrides.items() if v is not None}}
+        values = {**(read_config_file(path, fields) if path else {}), **env.values,
+                  **{k: v for k, v in overrides.items() if v is not None}}
         check_token_given_once(values)
         return cls(**values)
 

@@ -153,3 +153,23 @@ def test_serve_from_ones_own_code_logs_the_listening_line():
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_the_wsgi_entry_point_reads_the_same_file_and_variables(tmp_path, monkeypatch):
+    """gunicorn's path (geventcomet.wsgi: Config.from_env): GEVENTCOMET_CONFIG, then variables."""
+    from geventcomet.config import Config
+    path = write(tmp_path, "max_channels = 4\nbacklog = 9\n")
+    config = Config.from_env({"GEVENTCOMET_CONFIG": path, "GEVENTCOMET_BACKLOG": "3", "GEVENTCOMET_TIMEOUT": "5"})
+    assert (config.max_channels, config.backlog, config.timeout_s) == (4, 3, 5.0)
+
+
+def test_the_json_log_masks_credentials_in_every_field():
+    import logging
+
+    from geventcomet.logs import JsonFormatter
+    record = logging.LogRecord("geventcomet.x", logging.ERROR, __file__, 1, "backend %s failed",
+                               (f"redis://:{SECRET}@h:6379/0",), None)
+    record.url = f"redis://u:{SECRET}@h/0"
+    entry = json.loads(JsonFormatter().format(record))
+    assert SECRET not in json.dumps(entry) and entry["url"] == "redis://u:***@h/0"
+    assert entry["message"] == "backend redis://:***@h:6379/0 failed" and entry["event"] == "x"
