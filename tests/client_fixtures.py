@@ -46,7 +46,8 @@ def _read_message(sock, buffer: bytearray) -> bytes | None:
 class FaultProxy:
     """An HTTP proxy to ``upstream`` (host, port) that, for every ``every``-th request, forwards
     the request, waits for the reply, and closes the client's connection instead of passing
-    the reply on: the request was served, the client never hears it. Counts requests."""
+    the reply on: the request was served, the client never hears it. Counts requests.
+    ``upstream`` may be changed: later connections go there (a server restarted elsewhere)."""
 
     def __init__(self, upstream: tuple[str, int], every: int = 3) -> None:
         self.upstream, self.every = upstream, every
@@ -56,7 +57,11 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.server.server_port}"
 
     def _serve(self, client, _address) -> None:
-        upstream = gevent.socket.create_connection(self.upstream, timeout=30)
+        try:
+            upstream = gevent.socket.create_connection(self.upstream, timeout=60)
+        except OSError:  # the server is down (being restarted): the client sees a closed connection
+            client.close()
+            return
         from_client, from_upstream = bytearray(), bytearray()
         try:
             while True:
@@ -152,6 +157,7 @@ def run_python(code: str, *args: str, timeout: float = 120, env: dict | None = N
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def publish_ids(url: str, channel: str, count: int) -> list[int]:
-    return [requests.post(url + "/notify", json={"channel": channel, "data": n}, timeout=10).json()["id"]
-            for n in range(count)]
+def publish_ids(url: str, channel: str, count: int, token: str | None = None) -> list[int]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return [requests.post(url + "/notify", json={"channel": channel, "data": n}, headers=headers,
+                          timeout=10).json()["id"] for n in range(count)]
