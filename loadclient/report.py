@@ -85,6 +85,8 @@ class Report:
     #: (request sent to reply read, retries included), summed over connections
     notify_connections: int = 0
     notify_busy_s: float = 0.0
+    #: notifies a connection may send before reading their replies (paced mode)
+    notify_pipeline: int = 1
     #: a SHORT run (fewer events published than asked) still exits 0
     accept_short: bool = False
 
@@ -171,18 +173,19 @@ class Report:
             return (f"{self.notify_errors} notifies failed (see the server's log; the errors line "
                     "counts the clients' side)")
         trip = self.notify_round_trip_s()
-        lanes = max(1, self.notify_connections)
-        ceiling = lanes / trip if trip else float("inf")
+        lanes, window = max(1, self.notify_connections), max(1, self.notify_pipeline)
+        ceiling = lanes * window / trip if trip else float("inf")
+        in_flight = "one at a time" if window == 1 else f"up to {window} in flight"
+        plural = "s" if lanes > 1 else ""
         if ceiling < SHORT_BELOW * self.notify_rate:
-            plural = "s" if lanes > 1 else ""
-            return (f"{lanes} notify connection{plural}, one notify at a time on each (each channel "
-                    f"keeps to one connection so that its events stay in order), and a notify took "
-                    f"{trip * 1000:.0f} ms on average: at most {ceiling:.0f}/s. The server answers a "
-                    "notify once it has got through the re-polls of the fan-outs before it, so a "
-                    "channel with many clients caps the rate. More channels (--channels, up to "
-                    "--notify-connections in parallel) raise it; or accept it with --accept-short")
-        return (f"the notifier fell behind its own pace (notifies took {trip * 1000:.0f} ms, at most "
-                f"{ceiling:.0f}/s over {lanes} connections): the load client's process was busy "
+            return (f"{lanes} notify connection{plural} ({in_flight} on each; each channel keeps to one "
+                    f"connection so that its events stay in order), and a notify took {trip * 1000:.0f} ms "
+                    f"on average: at most {ceiling:.0f}/s. The server answers a notify once it has got "
+                    "through the re-polls of the fan-outs before it, so a channel with many clients caps "
+                    "the rate. More channels (--channels, up to --notify-connections in parallel) or a "
+                    "deeper --notify-pipeline raise it; or accept it with --accept-short")
+        return (f"the notifier fell behind its own pace (notifies took {trip * 1000:.0f} ms each, "
+                f"{in_flight} on {lanes} connection{plural}): the load client's process was busy "
                 f"(CPU {self.cpu_s:.1f} s); --procs moves the clients to other processes")
 
     def to_dict(self) -> dict:

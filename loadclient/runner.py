@@ -56,6 +56,9 @@ class Options:
     notify_count: int | None = None
     #: notify connections working in parallel (each owns a share of the channels)
     notify_connections: int = 8
+    #: notifies one connection may send before reading their replies, in paced mode (1: one at
+    #: a time). A reply waits for the fan-outs before it, so one at a time caps a busy channel.
+    notify_pipeline: int = 64
     #: ``timeout`` each long-poll asks the server for, seconds
     poll_timeout: float = 20.0
     #: pause after each reply before polling again, seconds (0: at once, as a script would)
@@ -127,7 +130,8 @@ class Run:
         self.notifier = Notifier(options.url, self.channels, self.notify_report,
                                  connections=options.notify_connections,
                                  idempotency=options.idempotency, run_id=self.run_id,
-                                 token=options.notify_token or options.token)
+                                 token=options.notify_token or options.token,
+                                 pipeline=options.notify_pipeline)
         self.groups: list = []
         self.stop_requested = Event()
         self._progress: gevent.Greenlet | None = None
@@ -220,6 +224,7 @@ class Run:
         total.notify_rate = self.options.notify_rate
         total.notify_count = self.options.notify_count
         total.notify_connections = len(self.notifier.conns)
+        total.notify_pipeline = self.notifier.pipeline
         total.accept_short = self.options.accept_short
         return total
 
@@ -255,7 +260,7 @@ class Run:
             return ""
         return (f" | SHORT: notifying {snapshot.events_sent / elapsed:.0f}/s of {rate:g}/s asked "
                 f"(a notify takes {snapshot.notify_round_trip_s() * 1000:.0f} ms; "
-                f"{len(self.notifier.conns)} at a time)")
+                f"{len(self.notifier.conns)} connections, {self.notifier.pipeline} in flight on each)")
 
 
 def run(url: str, *, on_ready: Callable[[Run], None] | None = None,

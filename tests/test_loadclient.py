@@ -13,12 +13,14 @@ import pytest
 from gevent import select, subprocess
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
+from gevent.server import StreamServer
 
 from loadclient import Report, run
 from loadclient.__main__ import build_parser
 from loadclient.fakeclient import FakeClient
 from loadclient.histogram import Histogram
 from loadclient.httpconn import Connection, split_url
+from loadclient.notifier import Notifier
 
 
 def test_a_few_hundred_clients_get_every_event_once_in_order(server):
@@ -312,7 +314,7 @@ def test_help_names_every_default_and_the_program_as_it_was_called():
     text = build_parser().format_help()
     options = text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
     entries = re.split(r"\n(?=  -)", options)
-    assert len(entries) == 23  # -h and the 22 flags
+    assert len(entries) == 24  # -h and the 23 flags
     for entry in entries[1:]:  # after -h
         assert "(default" in " ".join(entry.split()), entry
     as_script = subprocess.run(
@@ -326,3 +328,68 @@ def test_help_names_every_default_and_the_program_as_it_was_called():
     bad = subprocess.run([sys.executable, "-m", "loadclient", "http://127.0.0.1:port"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "must be a number from 1 to 65535" in bad.stderr
+
+
+class PipelineServer:
+    """A raw HTTP/1.1 notify endpoint that records each channel's ``s`` in the order it stores
+    them, stores an ``Idempotency-Key`` once, and hangs up on the 20th request unanswered."""
+
+    HANG_UP_AT = 20
+
+    def __init__(self) -> None:
+        self.stored: list[int] = []
+        self.keys: set[str] = set()
+        self.requests = 0
+        self.most_in_one_read = 0
+        self.server = StreamServer(("127.0.0.1", 0), self.handle)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def handle(self, sock, _address) -> None:
+        buf = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                replies, in_this_read = b"", 0
+                while b"\r\n\r\n" in buf:
+                    head, _, rest = buf.partition(b"\r\n\r\n")
+                    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+                    if len(rest) < length:
+                        break
+                    body, buf = rest[:length], rest[length:]
+                    self.requests += 1
+                    in_this_read += 1
+                    if self.requests == self.HANG_UP_AT:
+                        sock.sendall(replies)
+                        return  # the rest of what was sent gets no reply
+                    key = re.search(rb"Idempotency-Key: (\S+)", head).group(1).decode()
+                    if key not in self.keys:
+                        self.keys.add(key)
+                        self.stored.append(json.loads(body)["data"]["s"])
+                    reply = b'{"channel":"c","id":1,"woken":0}'
+                    replies += b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply)
+                self.most_in_one_read = max(self.most_in_one_read, in_this_read)
+                sock.sendall(replies)
+        finally:
+            sock.close()
+
+
+def test_pipelined_notifies_keep_their_order_through_a_dropped_connection():
+    """Notifies sent several per write arrive in order; after a hang-up mid-batch the unanswered
+    ones are sent again, in order, with their keys (stored once each)."""
+    double = PipelineServer()
+    report = Report()
+    notifier = Notifier(double.url, ["c"], report, connections=1, pipeline=16)
+    try:
+        notifier.start(rate=100000, count=200)  # far ahead of the connection: batches form
+        assert notifier.join(30), "the notifier did not finish its 200 events in 30 s"
+        notifier.stop()
+    finally:
+        notifier.close()
+        double.server.stop()
+    assert double.stored == list(range(1, 201))  # each once, in order
+    assert double.most_in_one_read > 1  # it did pipeline
+    assert report.notify_pipeline == 16 and notifier.acked == {"c": 200}
