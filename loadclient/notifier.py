@@ -166,6 +166,10 @@ class Notifier:
         try:
             conn.send(data)
             for channel, seq, _ in batch:
+                if answered and conn.sock is None:  # it closed after a reply: no pipelining there
+                    log.info("the server closes its connection after each notify: pipelining off")
+                    self.pipeline = self.report.notify_pipeline = 1
+                    return True  # the unanswered stay pending, and go next, one at a time
                 reply = conn.read_reply()
                 answered += 1
                 if reply.status == 200:
