@@ -39,6 +39,11 @@ def backend_kind(backend_url: str) -> str:
     return backend_url.split(":", 1)[0].lower() or "memory"
 
 
+def number(value: object) -> float:
+    """``value`` if it is a number, else 0 (a source that does not know says None)."""
+    return value if isinstance(value, (int, float)) else 0
+
+
 def package_version() -> str:
     """``geventcomet.__version__``, read at scrape time: importing the package from here
     would be an import cycle (the package imports the app, which serves /metrics)."""
@@ -64,8 +69,8 @@ def read_numbers(service: CometService, *, probe_backend: bool = True) -> Number
               "max_waiting": service.max_waiting, "rss_bytes": rss_bytes(), "open_fds": open_fds(),
               "last_fanout_seconds": fanout.ended - fanout.started if fanout else 0.0,
               "last_fanout_waiters": fanout.waiters if fanout else 0,
-              "bayeux_sessions": (extra.get("bayeux") or {}).get("sessions", 0),
-              **{name: extra.get(name, 0) for name in SOURCE_GAUGES}}
+              "bayeux_sessions": number((extra.get("bayeux") or {}).get("sessions")),  # None: not known here
+              **{name: number(extra.get(name)) for name in SOURCE_GAUGES}}
     numbers: Numbers = {
         "info": {"version": package_version(), "backend": backend_kind(service.config.backend)},
         "processes": 1,
@@ -106,11 +111,11 @@ def add_into(total: Numbers, numbers: Numbers) -> None:
     """Add ``numbers``' counters, labelled counters and histograms into ``total`` (in place)."""
     counters = total["counters"]
     for name, value in numbers.get("counters", {}).items():
-        counters[name] = counters.get(name, 0) + value
+        counters[name] = counters.get(name, 0) + number(value)
     for name, values in numbers.get("labelled", {}).items():
         into = total["labelled"].setdefault(name, {})
         for label, value in values.items():
-            into[label] = into.get(label, 0) + value
+            into[label] = into.get(label, 0) + number(value)
     for name, histogram in numbers.get("histograms", {}).items():
         into = total["histograms"].get(name)
         if into is None or len(into["counts"]) != len(histogram["counts"]):
@@ -128,7 +133,7 @@ def merge(retired: Numbers, live: list[Numbers]) -> Numbers:
     for numbers in live:
         add_into(total, numbers)
         for name, value in numbers.get("gauges", {}).items():
-            gauges.setdefault(name, []).append(value)
+            gauges.setdefault(name, []).append(number(value))
     total["gauges"] = {name: GAUGE_MERGE.get(name, sum)(values) for name, values in gauges.items()}
     total["processes"] = len(live)
     backends = [n["backend"] for n in live if n.get("backend")]

@@ -167,8 +167,10 @@ class Aggregate:
             numbers = json.loads(line)
         except ValueError:
             numbers = None
-        if not isinstance(numbers, dict):
-            log.warning("worker pid %d sent a metrics report that is not a JSON object; dropped", pid)
+        try:
+            merge(self.retired, [numbers])  # a report that cannot be added up is refused whole
+        except (TypeError, ValueError, KeyError, AttributeError):
+            log.warning("worker pid %d sent a metrics report that is not one; dropped", pid)
             return False
         self.update(pid, numbers)
         return True

@@ -149,7 +149,8 @@ def test_a_worker_pipe_with_garbage_or_a_torn_line_changes_nothing(tmp_path):
     aggregate = Aggregate(str(tmp_path / "merged.json"))
     read_fd, write_fd = os.pipe()
     watcher = gevent.spawn(aggregate.watch, 42, read_fd)
-    os.write(write_fd, b'not json\n{"counters":{"published":4}}\n[1,2]\n{"counters":{"publ')
+    os.write(write_fd, b'not json\n{"counters":{"published":4},"gauges":{"waiting":null}}\n[1,2]\n'
+                       b'{"histograms":{"fanout_seconds":3}}\n{"counters":{"publ')
     os.close(write_fd)  # the worker died mid-line
     watcher.get(timeout=5)
     merged = read_merged(str(tmp_path / "merged.json"))
