@@ -67,7 +67,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     serve_parser = commands.add_parser("serve", help="run the server", description=SERVE_HELP,
                                        usage=f"geventcomet serve {options}")
     check_parser = commands.add_parser(
-        "check-config", usage=f"geventcomet check-config {options}", help="check the configuration, print it (with where each value came from) and exit",
+        "check-config", usage=f"geventcomet check-config {options}",
+        help="check the configuration, print it (with where each value came from) and exit",
         description="Takes the same flags, variables and file as serve; exits 0 if serve would accept them "
                     "(it does not try to listen), 2 if not. " + SERVE_HELP)
     for command in (serve_parser, check_parser):
