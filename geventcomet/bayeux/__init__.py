@@ -74,7 +74,7 @@ class BayeuxEndpoint:
         if connect is not None:
             answer = self._connect(connect, environ)
             parts.extend(answer.deliveries)
-            parts.append(_encode(answer.reply))
+            parts.append(answer.reply if isinstance(answer.reply, bytes) else _encode(answer.reply))
             if answer.close:
                 headers = (("Connection", "close"),)
         return encode_reply(parts, callback, headers)

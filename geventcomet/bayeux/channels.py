@@ -24,7 +24,7 @@ and have no empty segment; ``*`` and ``**`` only as the last segment of a subscr
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from functools import lru_cache
 
 ONE_PREFIX = "bx.one:"  # the feed of ``PARENT/*``
 ANY_PREFIX = "bx.any:"  # the feed of ``PARENT/**``
@@ -127,7 +127,23 @@ def inner_event(event: bytes) -> bytes | None:
     return inner if inner.startswith(_EVENT_HEAD + b"/") else None
 
 
-def select_deliveries(events: Iterable[bytes], subscriptions: list[str]) -> list[bytes]:
+_CONTROL_HEAD = _EVENT_HEAD + CONTROL_PREFIX.encode()
+
+
+@lru_cache(maxsize=4096)  # the same few subscription sets come back on every connect
+def feeds_of(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
+    """The feeds a session with these subscriptions reads (each once, in order)."""
+    return tuple(dict.fromkeys(feed_of(name) for name in subscriptions))
+
+
+@lru_cache(maxsize=4096)
+def _overlap(subscriptions: tuple[str, ...]) -> tuple[frozenset[str], tuple[str, ...], dict[str, str]]:
+    exact = frozenset(name for name in subscriptions if not split_pattern(name)[1])
+    patterns = tuple(name for name in subscriptions if split_pattern(name)[1])
+    return exact, patterns, {feed_of(pattern): pattern for pattern in patterns}
+
+
+def select_deliveries(events: list[bytes], subscriptions: tuple[str, ...]) -> list[bytes]:
     """The events a session is owed, each once, from what its feeds returned.
 
     A concrete channel's event goes as it is. A feed's event goes as the original
@@ -135,9 +151,9 @@ def select_deliveries(events: Iterable[bytes], subscriptions: list[str]) -> list
     ``subscriptions`` order) that matches it: then that subscription delivers it.
     Control events, and feed events that do not match their pattern, are dropped.
     """
-    exact = {name for name in subscriptions if not split_pattern(name)[1]}
-    patterns = [name for name in subscriptions if split_pattern(name)[1]]
-    by_feed = {feed_of(pattern): pattern for pattern in patterns}
+    exact, patterns, by_feed = _overlap(subscriptions)
+    if not patterns:  # the common case: every event but a wake-up is one of the session's channels
+        return [event for event in events if not event.startswith(_CONTROL_HEAD)]
     chosen: list[bytes] = []
     for event in events:
         channel = event_channel(event)

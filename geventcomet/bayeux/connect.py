@@ -23,8 +23,10 @@ with CometD's server.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from .. import protocol
 from ..access import Access
 from ..service import CometService
 from . import channels
@@ -46,11 +48,17 @@ class BayeuxStats:
     callback_polls: int = 0  # requests over JSONP (callback-polling)
 
 
+#: What a connect reply says when the backlog no longer reached back to the session's position.
+GAP_EXT = {"geventcomet": {"recovered": False}}
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
+
+
 @dataclass(slots=True)
 class Connected:
-    """A connect's answer: its reply, the deliveries (encoded) and whether to close."""
+    """A connect's answer: its reply (a message, or already encoded), the deliveries
+    (encoded) and whether to close."""
 
-    reply: Message
+    reply: Message | bytes
     deliveries: list[bytes]
     close: bool = False
 
@@ -67,6 +75,8 @@ class ConnectHandler:
         #: The longest hold: ``--max-timeout``, and half the session TTL (the hold refreshes it).
         self.max_hold_s = min(config.max_timeout_s, config.bayeux_session_ttl_s / 2)
         self.default_hold_s = min(config.timeout_s, self.max_hold_s)
+        self.hold_ms = int(self.default_hold_s * 1000)
+        self._advice_json = protocol.json_bytes(advice(self.hold_ms))
 
     def hold_s(self, message: Message, session: Session) -> float:
         if not session.connected:
@@ -80,9 +90,10 @@ class ConnectHandler:
         service = self.service
         service.refuse_if_full()
         control = channels.control_channel(session.client_id)
-        names = session.subscriptions
-        feeds = tuple(dict.fromkeys([*(channels.feed_of(name) for name in names), control]))
-        positions = {feed: session.positions.get(feed) for feed in feeds}
+        names = tuple(session.subscriptions)
+        feeds = (*channels.feeds_of(names), control)
+        stored = session.positions
+        positions = {feed: stored.get(feed) for feed in feeds}
         result = service.wait(feeds, positions, session.epoch, self.hold_s(message, session),
                               environ.get("geventcomet.socket") or environ.get("gunicorn.socket"))
         deliveries = channels.select_deliveries(result.events, names)
@@ -93,12 +104,26 @@ class ConnectHandler:
             return Connected(unknown_client(message), [])  # disconnected (or expired) meanwhile
         stats.delivered += len(deliveries)
         service.stats.delivered += len(deliveries)
-        hold_ms = int(self.default_hold_s * 1000)
-        fields: Message = {"advice": advice(hold_ms)}
         if not result.recovered:
             stats.gaps += 1
-            fields["ext"] = {"geventcomet": {"recovered": False}}
         if result.shutting_down:
-            fields["advice"] = advice(hold_ms, interval_ms=service.reconnect_after_s * 1000)
+            fields: Message = {"advice": advice(self.hold_ms, interval_ms=service.reconnect_after_s * 1000)}
+            if not result.recovered:
+                fields["ext"] = GAP_EXT
             return Connected(reply(message, True, **fields), deliveries, close=True)
-        return Connected(reply(message, True, **fields), deliveries)
+        return Connected(self.encode_reply(message, session.client_id, result.recovered), deliveries)
+
+    def encode_reply(self, message: Message, client_id: str, recovered: bool) -> bytes:
+        """The usual connect reply, from bytes built once (``reply()`` + JSON: a fifth of a
+        connect's cost). ``client_id`` is the session's own (server-made, plain characters)."""
+        parts = [b'{"channel":"/meta/connect","successful":true']
+        if "id" in message:
+            message_id = message["id"]
+            parts.append(b',"id":"' + message_id.encode() + b'"' if isinstance(message_id, str)
+                         and _PLAIN_ID.match(message_id) else b',"id":' + protocol.json_bytes(message_id))
+        parts.append(b',"clientId":"' + client_id.encode() + b'","advice":')
+        parts.append(self._advice_json)
+        if not recovered:
+            parts.append(b',"ext":' + protocol.json_bytes(GAP_EXT))
+        parts.append(b"}")
+        return b"".join(parts)

@@ -32,6 +32,7 @@ from .messages import (
     VERSION,
     Message,
     advice,
+    check_data,
     error,
     ext_token,
     reply,
@@ -126,6 +127,9 @@ class MetaHandler:
             return error(message, 405, "", str(exc))
         if "data" not in message:
             return error(message, 400, "", "a publish needs data")
+        refused = check_data(message["data"])
+        if refused is not None:
+            return error(message, 400, "", refused)
         if channels.is_service(channel):
             return reply(message, True)  # to the server only: nothing here listens
         token = ext_token(message) or session.token

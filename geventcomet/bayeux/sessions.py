@@ -98,11 +98,9 @@ class MemorySessions(SessionStore):
         self._sessions[session.client_id] = session
 
     def load(self, client_id: str) -> Session | None:
-        session = self._live(client_id)
-        if session is None:
-            return None
-        return Session(session.client_id, list(session.subscriptions), dict(session.positions),
-                       session.epoch, session.token, session.connected, session.seen)
+        """The stored session itself (no copy: a connect's cost); callers only read it, and
+        every change here replaces ``subscriptions`` rather than mutating the list."""
+        return self._live(client_id)
 
     def subscribe(self, client_id: str, positions: dict[str, int], epoch: str | None,
                   names: list[str]) -> bool:

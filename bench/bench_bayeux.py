@@ -1,0 +1,129 @@
+"""Bayeux against the long-poll in the same run (issue 16); figures go to bench/RESULTS-bayeux.md.
+
+    python bench/bench_bayeux.py fanout --clients 1000 5000 --reps 3
+    python bench/bench_bayeux.py cycle --clients 1000 --reps 3
+    python bench/bench_bayeux.py publish --reps 3         # a Bayeux publish's cost, by channel depth
+
+fanout: N clients on one channel, events at a steady rate for a few seconds; every event
+reaches every client. cycle: N clients each on its own channel, notifies as fast as the
+server takes them, each client connecting again after each event. Both modes use
+loadclient's exact accounting (nothing lost or repeated, checked), the long-poll through
+``loadclient.run`` and Bayeux through ``loadclient.bayeux.run_bayeux``, each on a fresh
+server process, the two modes interleaved rep by rep. Server CPU is counted from the
+moment every client waits to the end of the notify phase (the ramp and handshakes are
+not in it). Every run is bounded in count and time.
+"""
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import requests  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.server_process import ServerProcess  # noqa: E402
+from loadclient import run  # noqa: E402
+from loadclient.bayeux import run_bayeux  # noqa: E402
+
+
+def one_run(mode: str, clients: int, channels: int, rate: float, duration: float) -> dict:
+    """One mode on a fresh server: deliveries/s and server CPU per 1,000 deliveries."""
+    srv = ServerProcess("--timeout", "20", "--bayeux-session-ttl", "120")
+    marks: dict[str, float] = {}
+
+    def on_ready(_run) -> None:
+        marks["cpu0"], marks["t0"] = srv.cpu_s(), time.monotonic()
+
+    def before_finish(_run) -> None:
+        marks["cpu1"], marks["t1"] = srv.cpu_s(), time.monotonic()
+        marks["received"] = _run.snapshot().events_received
+
+    try:
+        go = run if mode == "register" else run_bayeux
+        report = go(srv.url, clients=clients, channels=channels, duration=duration, notify_rate=rate,
+                    poll_timeout=20, progress=0, accept_short=True, on_ready=on_ready,
+                    before_finish=before_finish).to_dict()
+        stats = requests.get(srv.url + "/stats", timeout=10).json()
+    finally:
+        srv.stop()
+    received = marks["received"]
+    return {"mode": mode, "clients": clients, "deliveries": received,
+            "deliveries_per_s": round(received / (marks["t1"] - marks["t0"])),
+            "server_cpu_us_per_delivery": round((marks["cpu1"] - marks["cpu0"]) / max(received, 1) * 1e6, 1),
+            "lost": report["lost"], "duplicated": report["duplicated"], "ok": report["ok"],
+            "p50_ms": report["latency_ms"]["p50"], "p99_ms": report["latency_ms"]["p99"],
+            "bayeux": stats.get("bayeux")}
+
+
+def compare(kind: str, clients: int, reps: int, duration: float, rate: float) -> dict:
+    """Interleaved reps of both modes; medians, spreads and the Bayeux/long-poll CPU ratio."""
+    runs: dict[str, list[dict]] = {"register": [], "bayeux": []}
+    channels = 1 if kind == "fanout" else clients
+    for rep in range(reps):
+        for mode in ("register", "bayeux") if rep % 2 == 0 else ("bayeux", "register"):
+            result = one_run(mode, clients, channels, rate, duration)
+            runs[mode].append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    summary: dict = {"kind": kind, "clients": clients, "reps": reps}
+    for mode, results in runs.items():
+        cpu = [r["server_cpu_us_per_delivery"] for r in results]
+        rate_s = [r["deliveries_per_s"] for r in results]
+        summary[mode] = {"cpu_us_per_delivery_median": statistics.median(cpu), "cpu_spread": [min(cpu), max(cpu)],
+                         "deliveries_per_s_median": statistics.median(rate_s),
+                         "all_ok": all(r["ok"] and r["lost"] == 0 and r["duplicated"] == 0 for r in results)}
+    ratios = [b["server_cpu_us_per_delivery"] / r["server_cpu_us_per_delivery"]
+              for b, r in zip(runs["bayeux"], runs["register"])]
+    summary["cpu_ratio_bayeux_over_register"] = {"median": round(statistics.median(ratios), 2),
+                                                 "spread": [round(min(ratios), 2), round(max(ratios), 2)]}
+    return summary
+
+
+def publish_cost(reps: int, count: int = 300) -> dict:
+    """Server CPU of a Bayeux publish by channel depth (its wildcard feeds are one write each)."""
+    out: dict = {}
+    for name in ("/a", "/a/b", "/a/b/c/d"):
+        costs = []
+        for _ in range(reps):
+            srv = ServerProcess()
+            try:
+                http = requests.Session()
+                hello = http.post(srv.url + "/bayeux", json=[{"channel": "/meta/handshake", "version": "1.0"}],
+                                  timeout=10).json()[0]
+                cpu0 = srv.cpu_s()
+                for n in range(count):
+                    http.post(srv.url + "/bayeux", json=[{"channel": name, "clientId": hello["clientId"],
+                                                          "data": n}], timeout=10)
+                costs.append((srv.cpu_s() - cpu0) / count * 1e6)
+            finally:
+                srv.stop()
+        out[name] = {"server_cpu_us_per_publish_median": round(statistics.median(costs), 1),
+                     "spread": [round(min(costs), 1), round(max(costs), 1)]}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["fanout", "cycle", "publish"])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1000])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=None, help="events/s (fanout: 10; cycle: as fast as taken)")
+    args = parser.parse_args()
+    if args.what == "publish":
+        print(json.dumps(publish_cost(args.reps), indent=1))
+        return
+    rate = args.rate if args.rate is not None else (10.0 if args.what == "fanout" else -1.0)
+    for clients in args.clients:
+        print(json.dumps(compare(args.what, clients, args.reps, args.duration, rate), indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
