@@ -145,7 +145,9 @@ class Connection:
         """Send raw request bytes on the connection (opening it first if needed)."""
         if self.sock is None:
             self.open()
-        self.sock.sendall(data)
+        sock = self.sock
+        assert sock is not None  # open() set it, or raised
+        sock.sendall(data)
 
     def _read_reply(self, sock) -> Reply:
         buf = self._buf
