@@ -5,10 +5,11 @@ Each failure is a :class:`~geventcomet.config_load.LoadError`: one line naming t
 its variable, or the one it came from), the value and what would work, so that the command
 prints it and exits 2 instead of a traceback from deep inside the server.
 
-The listen check binds a throwaway socket to the address (``SO_REUSEADDR``, as gevent's
-listener does, so a port in TIME_WAIT after a restart is not taken for a port in use) and
-closes it at once. The server binds again moments later; a port taken in between is still
-reported by the server itself, in its log.
+The listen check binds a throwaway socket to the address with the options of the real bind
+(``SO_REUSEADDR`` as gevent's listener, so a port in TIME_WAIT after a restart is not taken for
+a port in use; with ``--workers``, ``SO_REUSEPORT`` as the supervisor) and closes it at once, so
+it refuses exactly what the server's own bind would. The server binds again moments later; a
+port taken in between is still reported by the server itself, in its log.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class ListenError(LoadError):
 def check_listen(loaded: Loaded) -> None:
     """LoadError if ``--host``/``--port`` (and ``--metrics-port``) cannot be listened on."""
     config = loaded.config
-    host_error = try_bind(config.host, config.port)
+    host_error = try_bind(config.host, config.port, reuse_port=config.workers > 1)
     if host_error is not None:
         name, allowed = host_error
         value = config.host if name == "host" else config.port
@@ -60,8 +61,12 @@ def check_listen(loaded: Loaded) -> None:
                                   loaded.sources["metrics_port"], config.metrics_port))
 
 
-def try_bind(host: str, port: int) -> tuple[str, str] | None:
-    """None if ``(host, port)`` can be bound; else the field at fault and what is wrong."""
+def try_bind(host: str, port: int, reuse_port: bool = False) -> tuple[str, str] | None:
+    """None if ``(host, port)`` can be bound; else the field at fault and what is wrong.
+
+    ``reuse_port``: bind as the supervisor does (``SO_REUSEPORT``), which shares the port with
+    other such sockets of this user, e.g. the workers of a supervisor being replaced.
+    """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
@@ -72,6 +77,8 @@ def try_bind(host: str, port: int) -> tuple[str, str] | None:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError as exc:
         return bind_error(exc, host, port)

@@ -138,3 +138,25 @@ def test_unknown_variables_are_warned_about_once_at_start():
     assert "GEVENTCOMET_TIMOUT (did you mean GEVENTCOMET_TIMEOUT?)" in warnings[0]
     # The processes' own variables (readiness pipe, worker configuration) are not "unknown".
     assert "READY_FD" not in warnings[0]
+
+
+def test_workers_may_share_a_port_with_reuseport_sockets_as_before(redis_url):
+    """A supervisor binds with SO_REUSEPORT, so its port may still be held by the draining workers
+    of one it replaces: the start-up check binds as it does, and refuses only what it would."""
+    from .helpers import ServerProcess
+    draining = socket.socket()
+    draining.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    draining.bind(("127.0.0.1", 0))
+    draining.listen()
+    port = str(draining.getsockname()[1])
+    try:
+        line = one_line_error(geventcomet_cli("serve", "--port", port))  # one process: no SO_REUSEPORT
+        assert "already in use" in line
+        server = ServerProcess("--backend", redis_url, "--workers", "2", "--port", port)
+        try:
+            assert server.ready is not None and server.ready.port == int(port), server.log
+        finally:
+            server.terminate(20)
+            server.stop()
+    finally:
+        draining.close()
