@@ -40,10 +40,11 @@ SERVE_HELP = (f"Every flag can also be set as an environment variable {ENV_PREFI
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line (no usage block), naming where to look for help."""
+    """argparse, but a mistake is one line: the mistake, the command's usage, where to find help."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        usage = " ".join(self.format_usage().split())  # one line, whatever argparse wrapped
+        self.exit(2, f"{self.prog}: {message}; {usage} (every option: {self.prog} --help)\n")
 
 
 def add_settings(parser: argparse.ArgumentParser) -> None:

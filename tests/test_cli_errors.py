@@ -75,7 +75,8 @@ def test_each_bad_setting_is_one_line_naming_flag_variable_value_and_what_is_all
 def test_a_misspelt_flag_shows_serves_usage_in_one_line():
     line = one_line_error(geventcomet_cli("serve", "--prot", "8080"))
     assert line.startswith("geventcomet serve: ") and "--prot" in line
-    assert "did you mean --port?" in line and "geventcomet serve --help" in line
+    assert "did you mean --port?" in line and "usage: geventcomet serve [--config PATH]" in line
+    assert "geventcomet serve --help" in line
 
 
 def test_a_flag_without_its_value_is_one_line():
