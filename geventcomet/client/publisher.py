@@ -45,7 +45,7 @@ class Publisher:
                  retry_for_s: float = 30.0, backoff: Backoff | None = None) -> None:
         self.url, self.token, self.retry_for_s = url.rstrip("/"), token, retry_for_s
         self.backoff = backoff or Backoff()
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, verify=compat.ssl_context())
 
     def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> int:
         """Store ``data`` on ``channel``; returns the event's id."""
@@ -93,7 +93,7 @@ class AsyncPublisher:
                  retry_for_s: float = 30.0, backoff: Backoff | None = None) -> None:
         self.url, self.token, self.retry_for_s = url.rstrip("/"), token, retry_for_s
         self.backoff = backoff or Backoff()
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s, verify=compat.ssl_context())
 
     async def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> int:
         return wire.notify_id(await self._post(wire.notify_body(channel, None, data), idempotency_key))

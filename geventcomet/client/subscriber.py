@@ -101,7 +101,7 @@ class Subscriber(_Base):
                  cursor_store: str | os.PathLike[str] | CursorStore | None = None,
                  poll_timeout_s: float | None = None, backoff: Backoff | None = None) -> None:
         super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff)
-        self._http = httpx.Client(base_url=self.url, timeout=self.read_timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=self.read_timeout, verify=compat.ssl_context())
         self._closed = threading.Event()
 
     def __iter__(self) -> Subscriber:
@@ -149,7 +149,7 @@ class AsyncSubscriber(_Base):
                  cursor_store: str | os.PathLike[str] | CursorStore | None = None,
                  poll_timeout_s: float | None = None, backoff: Backoff | None = None) -> None:
         super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff)
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.read_timeout)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.read_timeout, verify=compat.ssl_context())
         self._closed = asyncio.Event()
 
     def __aiter__(self) -> AsyncSubscriber:
