@@ -3,6 +3,12 @@
     python bench/bench_bayeux.py fanout --clients 1000 5000 --reps 3
     python bench/bench_bayeux.py cycle --clients 1000 --reps 3
     python bench/bench_bayeux.py publish --reps 3         # a Bayeux publish's cost, by channel depth
+    python bench/bench_bayeux.py micro --clients 300 --reps 5   # in-process, no sockets: CPU per delivery
+
+micro: the app called directly (``respond()``, no sockets, no load client): N sessions and N
+long-poll clients on one channel, a publish, then every one asks once with timeout 0; the
+process's own CPU time per delivery (``time.process_time``), so a loaded machine changes it
+little. It is the cost of the transport itself: parse, session, read, select, encode.
 
 fanout: N clients on one channel, events at a steady rate for a few seconds; every event
 reaches every client. cycle: N clients each on its own channel, notifies as fast as the
@@ -109,9 +115,66 @@ def publish_cost(reps: int, count: int = 300) -> dict:
     return out
 
 
+def micro(clients: int, reps: int, rounds: int = 20) -> dict:
+    """In-process CPU per delivery of a /meta/connect and of a /register poll (see the docstring)."""
+    import io
+    import logging
+
+    from geventcomet import Config, make_app
+    from geventcomet.protocol import NotifyRequest
+    logging.disable(logging.WARNING)
+    app = make_app(Config())
+
+    def call(method: str, path: str, query: str = "", body: object = None) -> dict | list:
+        raw = json.dumps(body).encode() if body is not None else b""
+        env = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query, "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)}
+        return json.loads(app.respond(env)[1])
+
+    sessions = []
+    for _ in range(clients):
+        cid = call("POST", "/bayeux", body={"channel": "/meta/handshake"})[0]["clientId"]
+        call("POST", "/bayeux", body=[{"channel": "/meta/connect", "clientId": cid}])
+        call("POST", "/bayeux", body=[{"channel": "/meta/subscribe", "clientId": cid, "subscription": "/m/x"}])
+        sessions.append(json.dumps([{"channel": "/meta/connect", "clientId": cid, "id": "9",
+                                     "connectionType": "long-polling", "advice": {"timeout": 0}}]).encode())
+    first = call("GET", "/register", "channel=/m/x&timeout=0")
+    cursors = [first["cursor"]] * clients
+
+    def bayeux_round() -> None:
+        app.service.publish(NotifyRequest("/m/x", None, '{"s":1}'))
+        for body in sessions:
+            app.respond({"REQUEST_METHOD": "POST", "PATH_INFO": "/bayeux", "CONTENT_TYPE": "application/json",
+                         "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)})
+
+    def register_round() -> None:
+        app.service.publish(NotifyRequest("/m/x", None, '{"s":1}'))
+        for i in range(clients):
+            reply = app.respond({"REQUEST_METHOD": "GET", "PATH_INFO": "/register", "QUERY_STRING":
+                                 f"channel=/m/x&timeout=0&since={cursors[i]}&client={first['client']}"})
+            body = reply[1]  # the cursor by slicing: the client's own work stays out of the figure
+            start = body.index(b'"cursor":"') + 10
+            cursors[i] = body[start:body.index(b'"', start)].decode()
+
+    costs: dict[str, list[float]] = {"register": [], "bayeux": []}
+    for rep in range(reps):
+        for mode in ("register", "bayeux") if rep % 2 == 0 else ("bayeux", "register"):
+            go = register_round if mode == "register" else bayeux_round
+            cpu0 = time.process_time()
+            for _ in range(rounds):
+                go()
+            costs[mode].append((time.process_time() - cpu0) / (rounds * clients) * 1e6)
+    ratios = [b / r for b, r in zip(costs["bayeux"], costs["register"])]
+    return {"kind": "micro", "clients": clients, "reps": reps,
+            **{mode: {"cpu_us_per_delivery_median": round(statistics.median(c), 1),
+                      "spread": [round(min(c), 1), round(max(c), 1)]} for mode, c in costs.items()},
+            "cpu_ratio_bayeux_over_register": {"median": round(statistics.median(ratios), 2),
+                                               "spread": [round(min(ratios), 2), round(max(ratios), 2)]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["fanout", "cycle", "publish"])
+    parser.add_argument("what", choices=["fanout", "cycle", "publish", "micro"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1000])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -119,6 +182,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "publish":
         print(json.dumps(publish_cost(args.reps), indent=1))
+        return
+    if args.what == "micro":
+        for clients in args.clients:
+            print(json.dumps(micro(clients, args.reps)), flush=True)
         return
     rate = args.rate if args.rate is not None else (10.0 if args.what == "fanout" else -1.0)
     for clients in args.clients:

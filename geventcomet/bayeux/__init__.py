@@ -12,12 +12,16 @@ deliveries then come before the connect's reply, as CometD's server sends them.
 """
 from __future__ import annotations
 
+import logging
 import time
+import weakref
 from dataclasses import asdict
+
+import gevent
 
 from .. import misbehaviour, protocol
 from ..access import Access
-from ..errors import CometError
+from ..errors import BackendError, CometError
 from ..replies import Headers, Reply
 from ..service import CometService
 from . import channels
@@ -29,6 +33,8 @@ from .stores import open_sessions
 from .transport import encode_reply, read_request
 
 __all__ = ["BayeuxEndpoint"]
+
+log = logging.getLogger(__name__)
 
 
 class BayeuxEndpoint:
@@ -45,7 +51,14 @@ class BayeuxEndpoint:
         self.meta = MetaHandler(service, access, self.sessions, int(self.connects.default_hold_s * 1000))
         self._sweep_every_s = max(config.bayeux_session_ttl_s / 4, 0.05)
         self._next_sweep = 0.0
+        self._housekeeper: gevent.Greenlet | None = None
         service.stats_sources.append(self.snapshot)
+
+    def close(self) -> None:
+        """Stop sweeping and release the session store (the app's ``close`` should call it)."""
+        if self._housekeeper is not None:
+            self._housekeeper.kill(block=False)
+        self.sessions.close()
 
     def snapshot(self) -> dict:
         """``bayeux`` in ``/stats``: this process's counters and the sessions held (if known)."""
@@ -60,6 +73,8 @@ class BayeuxEndpoint:
             raise
         if callback is not None:
             self.stats.callback_polls += 1
+        if self._housekeeper is None and self.sessions.sweeps:
+            self._housekeeper = gevent.spawn(_housekeep, weakref.ref(self), self._sweep_every_s)
         self._sweep()
         parts: list[bytes] = []
         connect: Message | None = None
@@ -114,11 +129,29 @@ class BayeuxEndpoint:
         return self.sessions.load(client_id)
 
     def _sweep(self) -> None:
-        """Drop idle sessions now and then (a request's work, never a timer per session)."""
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + self._sweep_every_s
+        """Drop idle sessions now and then (on requests, and by the housekeeper when idle)."""
+        if time.monotonic() >= self._next_sweep:
+            self.sweep_now()
+
+    def sweep_now(self) -> None:
+        """Drop the sessions idle past the TTL (never a timer per session)."""
+        self._next_sweep = time.monotonic() + self._sweep_every_s
+        try:
             self.stats.expired += self.sessions.expire()
+        except BackendError as exc:
+            log.warning("could not expire Bayeux sessions: %s", exc)
+
+
+def _housekeep(endpoint: "weakref.ref[BayeuxEndpoint]", period_s: float) -> None:
+    """Sweep idle sessions every ``period_s`` while the endpoint lives (a weak reference:
+    an app dropped without ``close()`` does not keep its sessions, nor this loop, alive)."""
+    while True:
+        gevent.sleep(period_s)  # the period of a housekeeping timer, as the service's own
+        alive = endpoint()
+        if alive is None:
+            return
+        alive.sweep_now()
+        del alive
 
 
 def _encode(message: Message) -> bytes:

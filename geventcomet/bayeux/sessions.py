@@ -40,6 +40,9 @@ class Session:
 class SessionStore(abc.ABC):
     """The operations every store offers; each returns False when the session is gone."""
 
+    #: True when :meth:`expire` must be called now and then (False: keys expire by themselves).
+    sweeps = True
+
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
         self.ttl_s = ttl_s
         #: Seconds since the epoch; tests replace it with a clock they move.

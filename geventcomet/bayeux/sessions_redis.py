@@ -36,6 +36,8 @@ return 1
 class RedisSessions(SessionStore):
     """Sessions under ``gc:bx:s:`` in the backend's Redis."""
 
+    sweeps = False
+
     def __init__(self, url: str, ttl_s: float) -> None:
         super().__init__(ttl_s)
         self._pools = open_pools(url)
