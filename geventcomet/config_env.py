@@ -22,7 +22,8 @@ ENV_PREFIX = "GEVENTCOMET_"
 #: The variable naming a configuration file, as ``--config`` does.
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 #: Variables geventcomet's own processes pass to each other; never a user's setting.
-INTERNAL_ENV = frozenset({"GEVENTCOMET_WORKER_CONFIG", "GEVENTCOMET_READY_FD", "GEVENTCOMET_HEARTBEAT_FD"})
+INTERNAL_ENV = frozenset({"GEVENTCOMET_WORKER_CONFIG", "GEVENTCOMET_READY_FD", "GEVENTCOMET_HEARTBEAT_FD",
+                          "GEVENTCOMET_METRICS_FD", "GEVENTCOMET_METRICS_FILE"})
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
