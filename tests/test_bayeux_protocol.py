@@ -218,3 +218,18 @@ def test_a_notify_reaches_wildcard_subscribers_when_the_service_calls_publish_ho
                                                                       ("/hooked/a/b", "deeper")]
     assert raw.publish("/hooked/c", "bayeux")["successful"]  # once, not twice (hook and publish)
     assert [m["data"] for m in raw.connect()[:-1]] == ["bayeux"]
+
+
+def test_sessions_and_subscriptions_are_bounded(start_server):
+    server = start_server(max_channels=3, max_clients_total=2)
+    first = Bayeux(server.url)
+    first.start("/b/1", "/b/2")
+    assert first.subscribe("/b/3", "/b/1")["successful"]  # three different ones: the bound
+    refused = first.subscribe("/b/4")
+    assert refused["error"].startswith("400:") and "--max-channels" in refused["error"]
+    Bayeux(server.url).handshake()
+    third = Bayeux(server.url)
+    [full] = third.post([third.message("/meta/handshake", version="1.0")])
+    assert full["error"].startswith("503:") and full["advice"]["reconnect"] == "handshake"
+    assert first.publish("/b/3", "still served")["successful"]
+    assert [m["data"] for m in first.connect()[:-1]] == ["still served"]

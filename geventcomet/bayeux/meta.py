@@ -3,10 +3,12 @@
 Each method takes one parsed message (and the HTTP environ, for authorization) and
 returns its reply; none holds a request (the held ``/meta/connect`` is :mod:`.connect`).
 
-- ``/meta/handshake``: a new session, ``clientId`` of 144 random bits (``secrets``);
+- ``/meta/handshake``: a new session, ``clientId`` of 144 random bits (``secrets``), while
+  the store holds fewer than ``--max-clients-total`` (memory, SQLite; Redis is not counted);
   ``ext.token``, when sent, must verify (it is kept with the session and re-checked by
   :class:`~geventcomet.access.Access` on every subscribe and publish).
-- ``/meta/subscribe``: a name, a pattern or a list; each starts *now*: its feed's
+- ``/meta/subscribe``: a name, a pattern or a list, at most ``--max-channels`` in a session
+  (a connect reads one feed per subscription); each starts *now*: its feed's
   position is read from the backend and stored with the session, so nothing published
   after the reply can be missed, whichever worker serves the next connect.
 - A publish is ``service.publish`` to the channel (``/register``, ``/stream`` and every
@@ -24,7 +26,7 @@ from .. import protocol
 from ..access import Access
 from ..backends import EMPTY_PAGE
 from ..errors import AuthRefused, BackendError
-from ..service import CometService, unavailable
+from ..service import LIMIT_RETRY_S, CometService, unavailable
 from . import channels
 from .channels import ChannelError
 from .messages import (
@@ -62,6 +64,10 @@ class MetaHandler:
         if isinstance(types, list) and not set(map(str, types)) & set(CONNECTION_TYPES):
             return error(message, 400, "", "no common connection type", supportedConnectionTypes=CONNECTION_TYPES,
                          advice={"reconnect": "none"})
+        held = self.sessions.count()
+        if held is not None and held >= self.service.config.max_clients_total:
+            return error(message, 503, "", "too many sessions (--max-clients-total); retry later",
+                         advice={"reconnect": "handshake", "interval": LIMIT_RETRY_S * 1000})
         token = ext_token(message)
         if token is not None and self.access.tokens.enabled:
             try:
@@ -86,6 +92,9 @@ class MetaHandler:
         if any(channels.is_meta(name) for name in checked):
             return error(message, 403, "", "meta channels cannot be subscribed to")
         wanted = [name for name in checked if not channels.is_service(name)]  # the server's, never delivered
+        limit = self.service.config.max_channels
+        if len({*session.subscriptions, *wanted}) > limit:  # a connect reads one feed per subscription
+            return error(message, 400, "", f"more than {limit} subscriptions in one session (--max-channels)")
         refused = self._check_read(message, session, environ, wanted)
         if refused is not None:
             return refused
