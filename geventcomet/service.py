@@ -5,10 +5,9 @@ the backend (the events), the counters and the limits. Every transport (the
 long-poll in :mod:`geventcomet.poll`, the SSE stream in :mod:`geventcomet.stream`)
 is a thin adapter over it, and tests drive it without a socket.
 
-Errors are :class:`~geventcomet.errors.CometError` (each with its HTTP status, which
-a transport may render or map): a backend failure is always
-:class:`~geventcomet.errors.Unavailable` (503), a bound of the backend a 503 with
-its own message and ``Retry-After: 10``.
+Errors are :class:`~geventcomet.errors.CometError` (each with its HTTP status): a backend
+failure is always :class:`~geventcomet.errors.Unavailable` (503), a bound of the backend a
+503 with its own message and ``Retry-After: 10``.
 """
 from __future__ import annotations
 
@@ -63,8 +62,7 @@ class StreamCounts:
 
     open: int = 0
     opened: int = 0  # since start
-    #: Open streams parked in the hub now; the others are writing (or blocked on a slow
-    #: reader): ``open - parked`` is what the hub's count misses.
+    #: Open streams parked in the hub now: ``open - parked`` (writing) is what the hub misses.
     parked: int = 0
 
 
@@ -81,12 +79,6 @@ def unavailable(exc: BackendError) -> Unavailable:
     if isinstance(exc, LimitReached):
         return Unavailable(str(exc), retry_after_s=LIMIT_RETRY_S)
     return Unavailable(f"backend unavailable: {exc}")
-
-
-def check_idempotency_key(key: str | None) -> None:
-    """400 for an ``Idempotency-Key`` over :data:`MAX_IDEMPOTENCY_KEY_CHARS`."""
-    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
-        raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
 
 
 def client_refused(reason: str) -> AuthRefused:
@@ -163,15 +155,11 @@ class CometService:
                                        last_event_id=last_event_id)
 
     def subscribe(self, req: protocol.RegisterRequest, sub: str | None = None) -> Subscription:
-        """Register (or refresh) the request's client (see :meth:`choose_client`; ``sub``:
-        a verified token's subject); its channels are the request's and its private
-        one, each at the cursor's position."""
+        """Register (or refresh) the request's client (:meth:`choose_client`; ``sub``: a verified
+        token's subject); its channels are the request's and its private one, at the cursor."""
         client = self.choose_client(req, sub)
         channels = (*req.channels, protocol.private_channel(client))
-        try:
-            self.backend.register(client)
-        except BackendError as exc:
-            raise unavailable(exc) from None
+        self._backend(self.backend.register, client)
         positions = req.cursor.positions
         return client, channels, {channel: positions.get(channel) for channel in channels}
 
@@ -221,8 +209,7 @@ class CometService:
 
     def publish(self, req: protocol.NotifyRequest, idempotency_key: str | None = None) -> Published:
         """Store the event and wake its channel's waiters (via the backend's wake-up)."""
-        check_idempotency_key(idempotency_key)
-        channel = self._target(req)
+        channel, = self._targets([req], idempotency_key)
         woken = self.hub.waiter_count(channel)
         seq = self._backend(self.backend.publish, channel, req.data_json, idempotency_key)
         self.stats.published += 1
@@ -231,23 +218,23 @@ class CometService:
         return Published(channel, seq, woken)
 
     def publish_many(self, reqs: list[protocol.NotifyRequest], idempotency_key: str | None = None) -> list[Published]:
-        """Store a batch in order, all or nothing (:meth:`Backend.publish_many`); the key covers
-        the whole batch. ``woken`` is each channel's waiters when the batch arrived."""
-        check_idempotency_key(idempotency_key)
-        channels = [self._target(req) for req in reqs]
+        """Store a batch in order, all or nothing (:meth:`Backend.publish_many`), under one key."""
+        channels = self._targets(reqs, idempotency_key)
         woken = {channel: self.hub.waiter_count(channel) for channel in channels}
-        seqs = self._backend(self.backend.publish_many, [(channel, req.data_json)
-                                                         for channel, req in zip(channels, reqs)], idempotency_key)
+        events = [(channel, req.data_json) for channel, req in zip(channels, reqs)]
+        seqs = self._backend(self.backend.publish_many, events, idempotency_key)
         self.stats.published += len(seqs)
         return [Published(channel, seq, woken[channel]) for channel, seq in zip(channels, seqs)]
 
-    def _target(self, req: protocol.NotifyRequest) -> str:
-        """The channel a notify goes to: its channel, or its registered client's private one."""
-        if req.client is None:
-            return cast(str, req.channel)  # parse_notify gives exactly one of the two
-        if not self._backend(self.backend.is_registered, req.client):
-            raise NotFound(f"no registered client {req.client!r} (never registered, or expired)")
-        return protocol.private_channel(req.client)
+    def _targets(self, reqs: list[protocol.NotifyRequest], key: str | None) -> list[str]:
+        """Where notifies go: each its channel (or else its registered client's private one: 404
+        if not registered); 400 for an Idempotency-Key over :data:`MAX_IDEMPOTENCY_KEY_CHARS`."""
+        if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        for client in (req.client for req in reqs if req.client is not None):
+            if not self._backend(self.backend.is_registered, client):
+                raise NotFound(f"no registered client {client!r} (never registered, or expired)")
+        return [protocol.private_channel(req.client) if req.client else cast(str, req.channel) for req in reqs]
 
     # -- looking on ----------------------------------------------------------
 

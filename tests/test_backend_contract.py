@@ -404,3 +404,60 @@ def test_batch_over_the_channel_bound_stores_nothing(make_backend):
         backend.publish_many([("a", "2"), ("b", "3"), ("c", "4")])
     assert ids(backend.read("a", 0, backend.epoch)) == [1]
     assert backend.publish_many([("a", "2"), ("b", "3")]) == [2, 1]
+
+
+# -- opening a backend: what a user may get wrong (#14) ------------------------------------
+
+def test_a_clean_stop_leaves_no_sqlite_lock_file_and_a_running_one_keeps_others_out(tmp_path):
+    url = f"sqlite://{tmp_path}/c.db"
+    first = open_backend(Config(backend=url))
+    assert (tmp_path / "c.db.lock").exists()
+    with pytest.raises(BackendError, match="in use by another"):
+        open_backend(Config(backend=url))
+    first.close()
+    assert not (tmp_path / "c.db.lock").exists()
+    again = open_backend(Config(backend=url))  # the next start takes the lock again
+    again.close()
+    assert not (tmp_path / "c.db.lock").exists()
+
+
+def test_a_lock_file_deleted_under_a_waiting_opener_is_not_taken_for_the_lock(tmp_path):
+    """An opener that opened PATH.lock just before the holder deleted it must not believe it
+    holds the lock: the path now names another file (or none)."""
+    import fcntl
+    import os
+
+    from geventcomet.backends.sqlite_store import release_file_lock, take_file_lock
+    path = str(tmp_path / "d.db")
+    held = take_file_lock(path)
+    stale = os.open(path + ".lock", os.O_RDWR)  # opened before the release
+    release_file_lock(path, held)
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old file's lock: worth nothing now
+    fresh = take_file_lock(path)  # a new file at the path, locked: the stale holder does not hold it
+    assert os.path.exists(path + ".lock")
+    assert os.fstat(fresh).st_ino != os.fstat(stale).st_ino
+    os.close(stale)
+    release_file_lock(path, fresh)
+
+
+@pytest.mark.parametrize("url", ["sqlite://rel.db", "sqlite://rel.db?synchronous=normal"])
+def test_a_sqlite_url_with_two_slashes_is_refused_saying_what_to_write(url):
+    from geventcomet.backends import backend_class
+    with pytest.raises(ValueError) as refused:
+        backend_class(url)
+    message = str(refused.value)
+    assert "names a host" in message and "sqlite:///" in message and "\n" not in message
+
+
+def test_a_backend_whose_package_is_missing_names_the_extra_to_install():
+    from .client_fixtures import run_python
+    result = run_python("""
+        import json, sys
+        sys.modules["redis"] = None  # as if the redis extra were not installed
+        from geventcomet.backends import backend_class
+        try:
+            backend_class("redis://127.0.0.1:6379/0")
+        except ValueError as exc:
+            print(json.dumps({"error": str(exc)}))
+    """)
+    assert "pip install 'geventcomet[redis]'" in result["error"], result

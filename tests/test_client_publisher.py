@@ -7,8 +7,7 @@ import pytest
 import requests
 from gevent.server import StreamServer
 
-from geventcomet.client import (AuthError, Backoff, BadRequest, NotFound, PayloadTooLarge, Publisher,
-                                Unavailable)
+from geventcomet.client import AuthError, Backoff, BadRequest, NotFound, PayloadTooLarge, Publisher, Unavailable
 
 from .client_fixtures import FaultProxy
 from .test_auth_tokens import SECRET, mint

@@ -19,7 +19,7 @@ FAST = Backoff(0.01, 0.3)
 
 def check_stream(items, count, gaps_allowed):
     """Every published ``n`` (0..count-1) once, in order, except behind an announced gap."""
-    last, gaps = None, 0
+    last, previous, gaps = None, -1, 0
     for item in items:
         if isinstance(item, Gap):
             gaps += 1

@@ -1,8 +1,6 @@
 """geventcomet.client.Subscriber against a real server: events in order with an exact cursor,
 gaps, token refresh, a refused client id, the shutdown "reconnect" reply, the cursor store."""
-import json
 
-import gevent
 import pytest
 import requests
 

@@ -190,6 +190,10 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release connections and threads; the backend is not used afterwards."""
 
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        """Raise ValueError (one line, saying what to write) if ``url`` cannot name this backend."""
+
 
 #: URL scheme -> "module:Class", imported only when used so optional deps stay optional.
 BACKENDS = {
@@ -203,7 +207,8 @@ OPTIONAL_PACKAGES = {"redis": ("redis", "redis")}
 
 
 def backend_class(url: str) -> "type[Backend]":
-    """The class that serves ``url`` (``memory``, ``sqlite:///..``, ``redis://..``), not yet built."""
+    """The class that serves ``url`` (``memory``, ``sqlite:///..``, ``redis://..``), not yet built;
+    ValueError (one line) for a URL no backend takes or whose package is not installed."""
     scheme = url.split(":", 1)[0].lower()
     if scheme not in BACKENDS:
         raise ValueError(f"unknown backend {mask_credentials(url)!r}: "
@@ -218,6 +223,7 @@ def backend_class(url: str) -> "type[Backend]":
                              f"pip install 'geventcomet[{extra[1]}]'") from None
         raise ValueError(f"backend {scheme!r} is not available: {exc}") from None
     found: type[Backend] = getattr(module, class_name)
+    found.check_url(url)
     return found
 
 

@@ -9,45 +9,37 @@ is lost for good (and redis-py reconnects and resubscribes without telling).
 - **Publish** is one Lua script: create the epoch if Redis has none, dedupe by
   idempotency key, ``HINCRBY`` the channel's seq, ``XADD`` the encoded event to
   the channel's stream (bounded by count, aged out by time), and ``PUBLISH`` a
-  wake-up carrying the event. All of it or none of it. redis-py's automatic
-  retries are off for publish, so a command cut off by a dropped connection is
-  never silently sent twice: it raises :class:`~geventcomet.errors.BackendError`
-  (the app answers 503) and the caller retries, with an ``Idempotency-Key`` to
-  store the event once.
-- **Epoch.** One key, ``gc:epoch``, created when missing by any script. If Redis
-  loses its data, the next script creates a new epoch, so every cursor from before
-  gets ``recovered: false`` instead of a silent skip.
+  wake-up carrying the event. All of it or none of it; a batch is one call of
+  PUBLISH_MANY (:mod:`.redis_publish_many`). redis-py's automatic retries are off
+  for publish, so a command cut off by a dropped connection is never silently sent
+  twice: it raises :class:`~geventcomet.errors.BackendError` (503) and the caller
+  retries, with an ``Idempotency-Key`` to store the event once.
+- **Epoch.** One key, ``gc:epoch``, created when missing by any script: after Redis lost
+  its data, a new one, so every cursor from before gets ``recovered: false``, not a skip.
 - **Wake-ups.** ONE pub/sub connection and listener greenlet per process
-  (:mod:`.redis_listener`), whatever the number of waiting clients. Each message
-  carries the channel, seq, epoch and encoded event; it goes to the channel's
-  in-process tail (:mod:`.redis_tails`), which wakes local waiters, who mostly read
-  that tail instead of Redis.
+  (:mod:`.redis_listener`). Each message carries the channel, seq, epoch and encoded
+  event to the channel's in-process tail (:mod:`.redis_tails`), which wakes local
+  waiters, who mostly read that tail instead of Redis.
 - **No silent loss.** A tail is used only while it is contiguous and younger than
   the age limit; anything else is read from the stream. When the listener loses
   its connection every tail is dropped; after resubscribing every local channel is
   woken: wake-ups may have been missed, and the waiters re-read Redis, where the
   cursor and epoch decide.
-- **Client-id secret** (when ``--client-secret`` is empty): one key, set once with
-  ``SET NX`` and read by each process at start, so every worker accepts the ids any
-  of them minted. Redis losing its data loses it too: processes started after that
-  agree on a new one, older ones keep the old (restart them, or configure the secret).
-- **Registrations** (:mod:`.redis_registrations`) live in one sorted set scored by
-  expiry time; a poll's refresh is queued, not waited for.
+- **Client-id secret** (when ``--client-secret`` is empty): one key, set once (``SET NX``),
+  read by each process at start. Redis losing its data loses it too: processes started
+  after that agree on a new one, older ones keep the old (restart them, or configure it).
+- **Registrations** (:mod:`.redis_registrations`): one sorted set scored by expiry time.
 - **Bounds.** A new client past ``max_clients_total`` and a new Idempotency-Key while
   ``max_idempotency_keys`` are remembered are refused (exact counts:
   :mod:`.redis_scripts`) with a :class:`~geventcomet.errors.LimitReached` (503).
   Streams are bounded by count and age, and Redis by its ``maxmemory``.
-- **Polls never queue for a pooled connection of their own**: every Redis call made
-  for a poll goes through :class:`~.redis_batch.Batcher`, a few pipelines for many
-  polls, so only a real Redis failure answers 503.
-- **Dropped channels.** A private channel goes with its expired registration, and a
-  public one whose whole backlog aged out with housekeeping (:mod:`.redis_sweep`);
-  ids are never reused.
-- **Paging.** A read takes at most a page (``XRANGE ... COUNT`` and a byte budget in
-  the script), so a long backlog is never loaded whole.
-- **Time.** Streams' ages and the count of remembered idempotency keys go by Redis's
-  own ``TIME``, one clock for every process and machine (no skew between nodes). A
-  test may pass ``clock=``: it then drives registrations, tails and scripts alike.
+- **Polls never queue for a pooled connection of their own**: their Redis calls go
+  through :class:`~.redis_batch.Batcher`, a few pipelines for many polls; each read is
+  a page at most (``XRANGE ... COUNT`` and a byte budget).
+- **Dropped channels**: a private one with its expired registration, a public one whose
+  backlog aged out with housekeeping (:mod:`.redis_sweep`); ids are never reused.
+- **Time.** Streams' ages and idempotency keys go by Redis's ``TIME``, one clock for
+  every node. A test may pass ``clock=``: it drives registrations, tails and scripts.
 
 Keys: see :mod:`.redis_scripts`. A single Redis (or a primary); not Redis Cluster.
 """
@@ -69,7 +61,7 @@ from . import redis_scripts as scripts
 from .redis_batch import PUBLISH_OP, READ_OP, Batcher, PublishBatcher
 from .redis_listener import WakeListener
 from .redis_pools import POOL_CONNECTIONS, open_pools
-from .redis_publish_many import PUBLISH_MANY, Encoded, parse_reply, publish_many_args
+from .redis_publish_many import PUBLISH_MANY, Encoded, event_suffix, parse_reply, publish_many_args
 from .redis_registrations import Registrations
 from .redis_sweep import IdleChannelSweep
 from .redis_tails import Tails
@@ -81,14 +73,6 @@ TAIL_EVENTS = 64
 #: Calls queued by polls are sent by at most this many greenlets at once (fewer than
 #: the read pool's connections, so they never wait for one).
 MAX_FLUSHERS = 4
-
-
-def _event_suffix(data_json: str) -> bytes:
-    """The stored event's bytes after its seq."""
-    try:
-        return b',"data":' + data_json.encode() + b"}"
-    except UnicodeEncodeError:
-        raise BackendError("the event's data cannot be encoded as UTF-8 (a lone surrogate?)") from None
 
 
 class RedisUnavailable(BackendError):
@@ -168,42 +152,41 @@ class RedisBackend(Backend):
     # -- publish and read --------------------------------------------------
 
     def publish(self, channel: str, data_json: str, idempotency_key: str | None = None) -> int:
-        prefix, suffix = protocol.event_prefix(channel), _event_suffix(data_json)
+        prefix, suffix = protocol.event_prefix(channel), event_suffix(data_json)
         call = scripts.publish_args(self._settings, channel, prefix, suffix, idempotency_key, self._script_now())
-        try:
-            epoch, seq, duplicate = self._publisher.call(PUBLISH_OP, call)
-        except redis.RedisError as exc:
-            self._problem = f"Redis did not acknowledge a publish: {exc}"
-            raise BackendError(f"Redis did not acknowledge the publish: {exc}") from None
-        self._problem = None
-        epoch = epoch.decode()
-        if epoch != self.epoch:
-            self._new_epoch(epoch)
-        if duplicate == 2:  # a new key while max_idempotency_keys are remembered: nothing stored
-            raise IdempotencyKeyLimitReached(self._config.max_idempotency_keys, self._config.idempotency_ttl_s)
-        if not duplicate:
+        epoch, seq, duplicate = self._acknowledged(self._publisher, call)
+        if self._stored(epoch.decode(), duplicate):
             self._tails.apply(channel, seq, prefix + str(seq).encode() + suffix, own=True)
         return seq
 
     def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
         """One script call for the whole batch (:mod:`.redis_publish_many`): all or nothing."""
-        encoded = [Encoded(channel, protocol.event_prefix(channel), _event_suffix(data_json))
+        encoded = [Encoded(channel, protocol.event_prefix(channel), event_suffix(data_json))
                    for channel, data_json in events]
         call = publish_many_args(self._settings, encoded, idempotency_key, self._script_now())
-        try:
-            reply = parse_reply(self._batch_publisher.call(PUBLISH_OP, call))
-        except redis.RedisError as exc:
-            self._problem = f"Redis did not acknowledge a publish: {exc}"
-            raise BackendError(f"Redis did not acknowledge the batch: {exc}") from None
-        self._problem = None
-        if reply.epoch != self.epoch:
-            self._new_epoch(reply.epoch)
-        if reply.outcome == 2:
-            raise IdempotencyKeyLimitReached(self._config.max_idempotency_keys, self._config.idempotency_ttl_s)
-        if reply.outcome == 0:
+        reply = parse_reply(self._acknowledged(self._batch_publisher, call))
+        if self._stored(reply.epoch, reply.outcome):
             for event, seq in zip(encoded, reply.seqs):
                 self._tails.apply(event.channel, seq, event.prefix + str(seq).encode() + event.suffix, own=True)
         return reply.seqs
+
+    def _stored(self, epoch: str, outcome: int) -> bool:
+        """After a publish script: follow a new epoch, raise for a refused key; True if it stored."""
+        if epoch != self.epoch:
+            self._new_epoch(epoch)
+        if outcome == 2:
+            raise IdempotencyKeyLimitReached(self._config.max_idempotency_keys, self._config.idempotency_ttl_s)
+        return outcome == 0
+
+    def _acknowledged(self, publisher: PublishBatcher, call: scripts.Args) -> list:
+        """The publish script's reply; BackendError (503: retry) if Redis did not answer."""
+        try:
+            reply = publisher.call(PUBLISH_OP, call)
+        except redis.RedisError as exc:
+            self._problem = f"Redis did not acknowledge a publish: {exc}"
+            raise BackendError(f"Redis did not acknowledge the publish: {exc}") from None
+        self._problem = None
+        return reply
 
     def read(self, channel: str, since: int | None, epoch: str | None, page: Page | None = None) -> ChannelRead:
         page = page or self.full_page()

@@ -19,9 +19,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..errors import BackendError
 from . import batch_key
-from .redis_scripts import (DROPPED_KEY, EPOCH_KEY, IKEYS_KEY, SEQ_KEY, STREAM_PREFIX, WAKE_CHANNEL,
-                            WRITER_PRELUDE, Args, StreamSettings, epoch_candidate, idempotency_redis_key)
+from .redis_scripts import (
+    DROPPED_KEY,
+    EPOCH_KEY,
+    IKEYS_KEY,
+    SEQ_KEY,
+    STREAM_PREFIX,
+    WAKE_CHANNEL,
+    WRITER_PRELUDE,
+    Args,
+    StreamSettings,
+    epoch_candidate,
+    idempotency_redis_key,
+)
 
 PUBLISH_MANY = WRITER_PRELUDE + """
 -- KEYS: epoch, seq hash, dropped, key index, then per event: stream, idempotency key
@@ -64,6 +76,14 @@ for i = 1, n do
 end
 return out
 """
+
+
+def event_suffix(data_json: str) -> bytes:
+    """The stored event's bytes after its seq (the prefix is ``protocol.event_prefix``)."""
+    try:
+        return b',"data":' + data_json.encode() + b"}"
+    except UnicodeEncodeError:
+        raise BackendError("the event's data cannot be encoded as UTF-8 (a lone surrogate?)") from None
 
 
 class Encoded(NamedTuple):

@@ -32,9 +32,8 @@ applied to memory, woken, and acknowledged: a notify answered 2xx is on disk.
   :meth:`SQLiteBackend.health` until a commit succeeds again, and the committer
   carries on; if its greenlet dies anyway, a link fails what it held and starts a
   new one. No notify waits for a committer that is gone.
-- **One process per file.** Wake-ups do not cross processes, so a second server
-  on the same file is refused (an exclusive ``flock`` on ``PATH.lock``). Use
-  Redis for several workers.
+- **One process per file.** Wake-ups do not cross processes, so a second server on the
+  same file is refused (an exclusive ``flock`` on ``PATH.lock``, deleted at a clean stop).
 - **Bounds** are the memory backend's (``max_clients_total``, ``max_idempotency_keys``
   counting keys still committing, ``max_backlog_bytes``). Events trimmed to fit the
   backlog budget are deleted from the file in a later transaction (nobody waits for it);
@@ -47,7 +46,6 @@ applied to memory, woken, and acknowledged: a notify answered 2xx is on disk.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable, cast
 
@@ -58,9 +56,10 @@ from gevent.threadpool import ThreadPool
 from .. import protocol
 from ..config import Config
 from ..errors import BackendError
-from .memory import MemoryBackend, encode_event
 from . import batch_key
-from .sqlite_store import BatchOp, PublishOp, SqlOp, load, open_database, parse_url, take_file_lock, write_batch
+from .memory import MemoryBackend
+from .sqlite_ops import BatchOp, PublishOp, SqlOp, assign_seqs
+from .sqlite_store import load, open_database, parse_url, release_file_lock, take_file_lock, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +100,10 @@ class SQLiteBackend(MemoryBackend):
             raise
         self._committer = self._spawn_committer()
         self._delete_trimmed(self._channels.fit_budget(self._clock()))  # the budget may be lower now
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        parse_url(url)
 
     # -- the committer and its supervisor ----------------------------------
 
@@ -153,47 +156,16 @@ class SQLiteBackend(MemoryBackend):
         self._apply(good)
 
     def _prepare(self, ops: list) -> list:
-        """Assign seqs and encode, one op at a time: an op that cannot be stored is refused
-        alone (a batch whole). Seqs are assigned here, one commit at a time, so none is skipped."""
-        last: dict[str, int] = {}
-        created = 0
-        good = []
-        for op in ops:
-            parts = op.parts if isinstance(op, BatchOp) else [op] if isinstance(op, PublishOp) else []
-            trial, trial_created = (dict(last), created) if isinstance(op, BatchOp) else (last, created)
-            try:
-                for part in parts:
-                    trial_created = self._assign(part, trial, trial_created)
-            except (BackendError, UnicodeError) as exc:
-                self._refuse([op], {}, exc if isinstance(exc, BackendError) else BackendError(f"cannot store: {exc}"))
-                continue
-            if trial is not last:
-                last.update(trial)
-            created = trial_created
-            good.append(op)
-        return good
-
-    def _assign(self, op: PublishOp, last: dict[str, int], created: int) -> int:
-        """Give ``op`` the next seq of its channel after ``last`` and encode it; returns the
-        count of channels this commit creates. Raises if it cannot be stored."""
-        channel = op.channel
-        if op.key is not None:
-            op.key.encode()  # sqlite3 would raise UnicodeEncodeError on the thread
-        if channel not in last and channel not in self._channels:
-            self._channels.check_room(channel, created)
-            created += 1
-        seq = (last[channel] if channel in last else self._channels.last_seq(channel)) + 1
-        op.encoded = encode_event(channel, seq, op.data_json)
-        op.seq = last[channel] = seq
-        return created
+        """The ops that can be stored, with seqs assigned (see :func:`.sqlite_ops.assign_seqs`)."""
+        return assign_seqs(ops, self._channels, lambda op, error: self._refuse([op], {}, error))
 
     def _refuse(self, ops: list, refreshes: dict[str, float], error: BackendError) -> None:
         """Nothing of these is on disk: answer each waiting notify with ``error`` (503)."""
         for client, seen in refreshes.items():
             self._dirty.setdefault(client, seen)
         for op in ops:
-            for part in op.parts if isinstance(op, BatchOp) else [op]:
-                if isinstance(part, PublishOp) and part.key is not None:
+            for part in op.publishes:
+                if part.key is not None:
                     self._pending_keys.pop((part.channel, part.key), None)
                 if not part.done.ready():
                     part.done.set_exception(error)
@@ -205,11 +177,9 @@ class SQLiteBackend(MemoryBackend):
         touched: dict[str, None] = {}
         trimmed: dict[str, int] = {}
         for op in ops:
-            if isinstance(op, SqlOp):
-                for name, last_seq in op.drops:
-                    self._channels.drop(name, last_seq)
-                continue
-            for part in op.parts if isinstance(op, BatchOp) else [op]:
+            for name, last_seq in op.drops if isinstance(op, SqlOp) else ():
+                self._channels.drop(name, last_seq)
+            for part in op.publishes:
                 trimmed.update(self._store(part.channel, part.seq, part.at, part.encoded, part.key))
                 if part.key is not None:
                     self._pending_keys.pop((part.channel, part.key), None)
@@ -217,12 +187,7 @@ class SQLiteBackend(MemoryBackend):
         for channel in touched:
             self._wake(channel)
         for op in ops:
-            if isinstance(op, BatchOp):
-                for part in op.parts:
-                    part.done.set(part.seq)
-                op.done.set([part.seq for part in op.parts])
-            else:
-                op.done.set(op.seq if isinstance(op, PublishOp) else None)
+            op.acknowledge()
         self._delete_trimmed(trimmed)
 
     def _delete_trimmed(self, trimmed: dict[str, int]) -> None:
@@ -264,21 +229,18 @@ class SQLiteBackend(MemoryBackend):
         return self._submit(op)
 
     def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
-        """One transaction for the whole batch (see :meth:`_prepare`): all or nothing."""
+        """One transaction for the whole batch (see :func:`.sqlite_ops.assign_seqs`): all or nothing."""
         now = self._clock()
         keys = [batch_key(idempotency_key, index) for index in range(len(events))]
         seen = self._batch_seen(events, keys, now)
         if seen is not None:
             return seen
-        if idempotency_key is not None:
-            queued = [self._pending_keys.get((channel, cast(str, key))) for (channel, _), key in zip(events, keys)]
-            if None not in queued:  # the same batch, retried while the first is committing
-                return [cast(PublishOp, op).done.get() for op in queued]
-            self._check_key_room(keys[0], len(self._pending_keys) + len(keys) - 1)
+        queued = [self._pending_keys.get((channel, key)) for (channel, _), key in zip(events, keys) if key]
+        if queued and None not in queued:  # the same batch, retried while the first is committing
+            return [cast(PublishOp, op).done.get() for op in queued]
+        self._check_key_room(keys[0], len(self._pending_keys) + len(keys) - 1)
         parts = [PublishOp(channel, data_json, key, now) for (channel, data_json), key in zip(events, keys)]
-        for part in parts:
-            if part.key is not None:
-                self._pending_keys[(part.channel, part.key)] = part
+        self._pending_keys.update({(part.channel, part.key): part for part in parts if part.key is not None})
         return self._submit(BatchOp(parts))
 
     def register(self, client: str) -> None:
@@ -333,5 +295,5 @@ class SQLiteBackend(MemoryBackend):
                 log.exception("closing sqlite database")
         self._pool.kill()
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            release_file_lock(self.path, self._lock_fd)
             self._lock_fd = None

@@ -15,15 +15,13 @@ import fcntl
 import os
 import secrets
 import sqlite3
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 from urllib.parse import parse_qs
-
-from gevent.event import AsyncResult
 
 from ..config import Config
 from ..errors import BackendError
 from .channels import ChannelTable, Stored
+from .sqlite_ops import BatchOp, PublishOp
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,46 +52,15 @@ RAISE_DROPPED = ("INSERT INTO meta (key, value) VALUES ('dropped', ?) ON CONFLIC
                  "SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))")
 
 
-class PublishOp:
-    """A queued notify; the committer fills in ``seq`` and ``encoded`` (or ``error``)."""
-
-    __slots__ = ("channel", "data_json", "key", "at", "seq", "encoded", "error", "done")
-
-    def __init__(self, channel: str, data_json: str, key: str | None, at: float) -> None:
-        self.channel, self.data_json, self.key, self.at = channel, data_json, key, at
-        self.seq = 0
-        self.encoded = b""
-        self.error: BackendError | None = None
-        self.done = AsyncResult()
-
-
-class BatchOp:
-    """A queued batch of notifies (``POST /notify`` with ``events``), committed all or none in
-    one transaction; ``done`` gets the list of seqs, and each part's ``done`` its own."""
-
-    __slots__ = ("parts", "done")
-
-    def __init__(self, parts: list[PublishOp]) -> None:
-        self.parts = parts
-        self.done = AsyncResult()
-
-
-@dataclass
-class SqlOp:
-    """Any other change: statements to run in the next transaction, and channels to drop.
-
-    ``drops`` are (name, last seq when chosen): a channel published to since then is kept.
-    """
-
-    statements: list[tuple[str, list[tuple[Any, ...]]]]
-    drops: list[tuple[str, int]] = field(default_factory=list)
-    done: AsyncResult = field(default_factory=AsyncResult)
-
-
 def parse_url(url: str) -> tuple[str, str]:
-    """``sqlite:///abs/path.db`` or ``sqlite://rel.db``, optional ``?synchronous=full|normal``."""
+    """``sqlite:///abs/path.db`` (the path after ``sqlite://``), optional ``?synchronous=full|normal``.
+
+    ``sqlite://rel.db`` is refused: in a URL, what follows two slashes is a host."""
     rest = url.split("://", 1)[1] if "://" in url else ""
     path, _, query = rest.partition("?")
+    if path and not path.startswith("/"):
+        raise ValueError(f"{url.split('?')[0]!r} names a host, not a file: write sqlite:// and an absolute path, "
+                         f"as in sqlite://{os.path.abspath(path)} (three slashes in all)")
     if not path or path.endswith("/"):
         raise ValueError(f"sqlite backend needs a file: sqlite:///path/to/file.db, not {url!r}")
     sync = parse_qs(query).get("synchronous", ["full"])[0].lower()
@@ -175,10 +142,8 @@ def write_batch(conn: sqlite3.Connection | None, ops: list, refreshes: dict[str,
     try:
         conn.execute("BEGIN IMMEDIATE")
         for op in ops:
-            if isinstance(op, PublishOp):
-                _write_publish(conn, op, backlog)
-            elif isinstance(op, BatchOp):
-                for part in op.parts:
+            if isinstance(op, (PublishOp, BatchOp)):
+                for part in op.publishes:
                     _write_publish(conn, part, backlog)
             else:
                 for statement, rows in op.statements:
@@ -220,17 +185,44 @@ def _write_drops(conn: sqlite3.Connection, drops: list[tuple[str, int]]) -> None
 
 
 def take_file_lock(path: str) -> int:
-    """An exclusive ``flock`` on ``PATH.lock``, so that one process serves one file (its fd)."""
+    """An exclusive ``flock`` on ``PATH.lock``, so that one process serves one file (its fd).
+
+    :func:`release_file_lock` deletes the lock file while still holding the lock; a process
+    that opened it just before then holds a file no longer at that path, so after locking,
+    the path must still name the file locked (else it tries again with the new one)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise BackendError(f"cannot open sqlite database {path!r}: directory {directory!r} does not exist")
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    for _ in range(100):  # each round is a release racing us: bounded, in practice one or two
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise BackendError(
+                f"sqlite database {path!r} is in use by another geventcomet process; the sqlite "
+                "backend serves one process (its wake-ups do not cross processes): use redis:// for "
+                "several workers") from None
+        if _same_file(fd, path + ".lock"):
+            return fd
         os.close(fd)
-        raise BackendError(
-            f"sqlite database {path!r} is in use by another geventcomet process; the sqlite "
-            "backend serves one process (its wake-ups do not cross processes): use redis:// for "
-            "several workers") from None
-    return fd
+    raise BackendError(f"could not lock {path!r}.lock: it kept being replaced")
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def release_file_lock(path: str, fd: int) -> None:
+    """Delete ``PATH.lock`` (a clean stop leaves no lock file), then let the lock go."""
+    try:
+        if _same_file(fd, path + ".lock"):
+            os.unlink(path + ".lock")
+    except OSError:  # a read-only directory: the file stays, as before
+        pass
+    os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import compat  # noqa: F401  (first: it must run before httpx is imported)
 from .backoff import Backoff
 from .cursor_store import CursorStore, FileCursorStore
 from .errors import AuthError, BadRequest, CometClientError, NotFound, PayloadTooLarge, Refused, Unavailable

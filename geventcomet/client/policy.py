@@ -66,7 +66,7 @@ class SubscriberCore:
         self.failures = 0
         self.refreshed = False
 
-    def params(self, timeout_s: float | None) -> list[tuple[str, str]]:
+    def params(self, timeout_s: float | None) -> wire.Params:
         return wire.register_params(self.channels, self.cursor, self.client, timeout_s)
 
     def handed(self, item: Event | Gap) -> None:

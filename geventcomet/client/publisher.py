@@ -14,13 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import compat  # noqa: F401  (before httpx: see its docstring)
 import httpx
 
-from . import wire
+from . import compat, wire
 from .backoff import Backoff
 from .policy import DONE, Attempts
-
 
 
 def new_key() -> str:

@@ -27,7 +27,7 @@ from ..backends.redis_publish_many import PUBLISH_MANY, Encoded, parse_reply, pu
 from ..config import Config
 from ..errors import CometError
 from .backoff import Backoff
-from .errors import BadRequest, NotFound, Unavailable
+from .errors import BadRequest, NotFound
 from .policy import Attempts
 from .publisher import new_key
 

@@ -20,10 +20,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Union
 
-from . import compat  # noqa: F401  (before httpx: see its docstring)
 import httpx
 
-from . import wire
+from . import compat, wire
 from .backoff import Backoff
 from .cursor_store import CursorStore, cursor_store
 from .events import Event, Gap

@@ -131,9 +131,13 @@ class Poll(NamedTuple):
     epoch: str
 
 
+#: Query parameters, as httpx takes them.
+Params = list[tuple[str, "str | int | float | bool | None"]]
+
+
 def register_params(channels: tuple[str, ...], cursor: str | None, client: str | None,
-                    timeout_s: float | None) -> list[tuple[str, str]]:
-    params = [("channel", channel) for channel in channels]
+                    timeout_s: float | None) -> Params:
+    params: Params = [("channel", channel) for channel in channels]
     if cursor:
         params.append(("since", cursor))
     if client:
