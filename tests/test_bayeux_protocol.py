@@ -124,6 +124,8 @@ def test_an_unknown_client_gets_402_with_handshake_advice(server):
     (b"message=", "application/x-www-form-urlencoded"),
     (b"nomessage=1", "application/x-www-form-urlencoded"),
     (b"\xff\xfe", "application/json"),
+    (b"[" * 30000 + b"]" * 30000, "application/json"),
+    (b'[{"channel": "/meta/handshake", "n": 1e999}]', "application/json"),
 ])
 def test_bad_requests_get_400_json_and_the_server_keeps_serving(server, body, content_type):
     reply = requests.post(server.url + "/bayeux", data=body, headers={"Content-Type": content_type}, timeout=10)

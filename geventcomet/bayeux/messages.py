@@ -39,7 +39,7 @@ def parse_batch(text: bytes | str) -> list[Message]:
     """The messages of one request body: a JSON array of objects, or one object.
 
     Parsed without :func:`strictjson.loads`' full walk (a third of a connect's cost):
-    ``NaN``/``Infinity`` are refused here, and the one part that is stored, a publish's
+    ``NaN``/``Infinity`` and numbers that overflow to infinity are refused here, and the one part that is stored, a publish's
     ``data``, is checked by :func:`check_data`; whatever else is echoed (``id``,
     ``subscription``) is checked before it is.
     """
@@ -70,8 +70,15 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf, which no strict parser takes back
+        raise ValueError(f"{text[:20]} is not a finite JSON number")
+    return value
+
+
 #: One decoder for every request (``json.loads(parse_constant=..)`` builds one per call).
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def check_data(data: object) -> str | None:
