@@ -39,9 +39,9 @@ def parse_batch(text: bytes | str) -> list[Message]:
     """The messages of one request body: a JSON array of objects, or one object.
 
     Parsed without :func:`strictjson.loads`' full walk (a third of a connect's cost):
-    ``NaN``/``Infinity`` and numbers that overflow to infinity are refused here, and the one part that is stored, a publish's
-    ``data``, is checked by :func:`check_data`; whatever else is echoed (``id``,
-    ``subscription``) is checked before it is.
+    ``NaN``/``Infinity`` and numbers that overflow to infinity are refused here, and
+    the one part that is stored, a publish's ``data``, is checked by :func:`check_data`;
+    whatever else is echoed (``id``, ``subscription``) is checked before it is.
     """
     try:
         value = _DECODER.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
