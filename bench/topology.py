@@ -91,6 +91,8 @@ def chaos(args: argparse.Namespace) -> dict:
         notifier = Notifier(topology.url, CHANNELS, args.rate)
         notifying = gevent.spawn(notifier.run, notify_stop)
         started = time.monotonic()
+        notify_stop.wait(args.baseline)  # a steady window without faults: the gaps the load alone makes
+        baseline = (started, time.monotonic())
         faults = run_faults(topology, LONG_FAULTS, probes, notifier, recover_s=120)
         notify_stop.set()
         notifying.join(timeout=90)
@@ -109,7 +111,8 @@ def chaos(args: argparse.Namespace) -> dict:
                                                        for s in everyone), 2)
             del fault["started"], fault["recovered"]
         return {"what": "chaos", "min_replicas": args.min_replicas, "rate": args.rate,
-                "run_s": round(time.monotonic() - started, 1), "faults": faults,
+                "run_s": round(time.monotonic() - started, 1), "loadavg": os.getloadavg(),
+                "baseline_worst_gap_s": round(max(s.worst_gap(*baseline) for s in everyone), 2), "faults": faults,
                 "nginx_statuses": topology.nginx.status_counts() if topology.nginx else {},
                 **verdict(everyone, notifier)}
     finally:
@@ -138,7 +141,8 @@ def cycle(args: argparse.Namespace) -> list[dict]:
 
 
 def fanout(args: argparse.Namespace) -> dict:
-    topology = Topology(Path(tempfile.mkdtemp(prefix="topology-")), extra=("--timeout", "120", "--max-timeout", "600"))
+    topology = Topology(Path(tempfile.mkdtemp(prefix="topology-")), extra=("--timeout", "120", "--max-timeout", "600", "--client-ttl", "900"),
+                        nginx_workers=4)  # 20,000 clients and as many upstream connections: 4 x 10,000 open files
     try:
         topology.start()
         report = run(topology.url, clients=args.clients, channels=1, duration=20, notify_rate=1 / 20, notify_count=1,
@@ -165,6 +169,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--rate", type=float, default=20, help="chaos: notifies/s")
     parser.add_argument("--min-replicas", type=int, default=0, help="chaos: the nodes' --redis-min-replicas")
+    parser.add_argument("--baseline", type=float, default=15, help="chaos: seconds of notifies before the faults")
     parser.add_argument("--duration", type=float, default=6, help="cycle: seconds per run")
     parser.add_argument("--repeat", type=int, default=1, help="cycle: pairs of runs")
     parser.add_argument("--ramp", type=float, default=0, help="fanout: clients started per second (0: at once)")

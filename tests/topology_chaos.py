@@ -21,10 +21,12 @@ from .topology_fixtures import Nginx, Node, SentinelGroup, wait_for
 
 
 class Topology:
-    def __init__(self, workdir: Path, nodes: int = 3, workers: int = 2, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, nodes: int = 3, workers: int = 2, extra: tuple[str, ...] = (),
+                 nginx_workers: int = 1) -> None:
         self.redis = SentinelGroup(workdir)
         self.nodes: list[Node] = []
         self.workdir, self.count, self.workers, self.extra = workdir, nodes, workers, extra
+        self.nginx_workers = nginx_workers
         self.nginx: Nginx | None = None
 
     def start(self) -> None:
@@ -33,7 +35,7 @@ class Topology:
             node = Node(self.redis.url, self.workers, self.extra)
             node.start()
             self.nodes.append(node)
-        self.nginx = Nginx(self.workdir, [f"127.0.0.1:{node.port}" for node in self.nodes])
+        self.nginx = Nginx(self.workdir, [f"127.0.0.1:{node.port}" for node in self.nodes], self.nginx_workers)
         self.nginx.start()
 
     @property

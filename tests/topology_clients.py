@@ -4,8 +4,9 @@
   retrying every failure (502, 503, a cut connection) with the same cursor. It records each
   event it gets, ``recovered: false`` replies, duplicates within a reply, the longest time
   a poll took past its timeout, and the gaps between answered polls.
-- :class:`Notifier` publishes ``{"n": k}`` to channel ``k % channels`` at a steady rate,
-  each with its own Idempotency-Key, retrying 503s, 502s and cut connections until
+- :class:`Notifier` publishes ``{"n": k}`` to channel ``k % channels`` at a steady rate
+  (one greenlet per channel, so each channel's notifies are acknowledged in order), each
+  with its own Idempotency-Key, retrying 503s, 502s and cut connections until
   acknowledged; it records when each was acknowledged.
 - :func:`verdict` checks every subscriber against every acknowledged notify.
 """
@@ -95,15 +96,23 @@ class Notifier:
     worst_ack_s: float = 0.0
     key_prefix: str = "chaos"
 
-    def run(self, stop: gevent.event.Event, first: int = 0) -> None:
+    def run(self, stop: gevent.event.Event) -> None:
+        """One greenlet per channel, each publishing its channel's notifies in order at its share
+        of the rate (a slow acknowledgement on one channel does not hold up the others)."""
+        greenlets = [gevent.spawn(self._run_channel, stop, channel) for channel in range(self.channels)]
+        gevent.joinall(greenlets)
+        for greenlet in greenlets:
+            if greenlet.exception is not None:
+                raise greenlet.exception
+
+    def _run_channel(self, stop: gevent.event.Event, channel: int) -> None:
         http = requests.Session()
-        n = first
-        next_at = time.monotonic()
-        while not stop.is_set():
+        n, pace = channel, self.channels / self.rate
+        next_at = time.monotonic() + pace * channel / self.channels
+        while not stop.wait(max(0.0, next_at - time.monotonic())):
             self.publish(http, n)
-            n += 1
-            next_at += 1 / self.rate
-            stop.wait(max(0.0, next_at - time.monotonic()))
+            n += self.channels
+            next_at += pace
 
     def publish(self, http: requests.Session, n: int, deadline_s: float = 60) -> None:
         started = time.monotonic()

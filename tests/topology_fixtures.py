@@ -194,8 +194,8 @@ class Node:
 class Nginx:
     """``/usr/sbin/nginx`` round-robin over ``upstreams`` (host:port), listening on a free port."""
 
-    def __init__(self, workdir: Path, upstreams: list[str]) -> None:
-        self.workdir, self.upstreams = workdir, upstreams
+    def __init__(self, workdir: Path, upstreams: list[str], workers: int = 1) -> None:
+        self.workdir, self.upstreams, self.workers = workdir, upstreams, workers
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -208,10 +208,11 @@ class Nginx:
         return self.workdir / "nginx-access.log"
 
     def config(self) -> str:
-        servers = "".join(f"        server {upstream} max_fails=3 fail_timeout=2s;\n" for upstream in self.upstreams)
+        servers = "".join(f"        server {upstream} max_fails=0;\n" for upstream in self.upstreams)
         tmp = self.workdir / "nginx-tmp"
         return NGINX_CONF.format(pid=self.workdir / "nginx.pid", error=self.workdir / "nginx-error.log",
-                                 access=self.access_log, tmp=tmp, servers=servers, port=self.port)
+                                 access=self.access_log, tmp=tmp, servers=servers, port=self.port,
+                                 workers=self.workers, reuseport=" reuseport" if self.workers > 1 else "")
 
     def start(self) -> None:
         (self.workdir / "nginx-tmp").mkdir(exist_ok=True)
@@ -255,11 +256,11 @@ class Nginx:
 #: marked every node down ("no live upstreams", 502s, measured); the client retries instead.
 NGINX_CONF = """
 daemon off;
-worker_processes 1;
+worker_processes {workers};
 pid {pid};
 error_log {error} warn;
 worker_rlimit_nofile 20000;
-events {{ worker_connections 8000; }}
+events {{ worker_connections 16000; }}
 http {{
     log_format status '$status $request_method $upstream_addr $upstream_status';
     access_log {access} status;
@@ -272,7 +273,7 @@ http {{
 {servers}        keepalive 64;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{reuseport};
         location / {{
             proxy_pass http://comet;
             proxy_http_version 1.1;
@@ -280,7 +281,7 @@ http {{
             proxy_set_header Host $host;
             proxy_buffering off;
             proxy_read_timeout 75s;
-            proxy_connect_timeout 2s;
+            proxy_connect_timeout 5s;
             proxy_next_upstream error timeout non_idempotent;
             proxy_next_upstream_tries 3;
         }}
