@@ -28,6 +28,17 @@ log = logging.getLogger("geventcomet.metrics")
 MAX_SCRAPES = 16
 #: The address: loopback only, whatever ``--host`` is.
 METRICS_HOST = "127.0.0.1"
+#: A connection's every read and write has this long: one that sends nothing is closed, so
+#: idle connections cannot take the few scrape slots for good.
+SCRAPE_TIMEOUT_S = 10.0
+
+
+class MetricsServer(WSGIServer):
+    """pywsgi with a deadline on each connection's reads and writes (pywsgi has none)."""
+
+    def handle(self, sock, address) -> None:
+        sock.settimeout(SCRAPE_TIMEOUT_S)
+        super().handle(sock, address)
 
 
 class MetricsApp:
@@ -64,7 +75,7 @@ def serve_metrics_port(config: Config, exposition: Callable[[], bytes]) -> WSGIS
     """
     if not config.metrics_port:
         return None
-    server = WSGIServer((METRICS_HOST, config.metrics_port), MetricsApp(exposition), spawn=Pool(MAX_SCRAPES),
+    server = MetricsServer((METRICS_HOST, config.metrics_port), MetricsApp(exposition), spawn=Pool(MAX_SCRAPES),
                         log=None, error_log=logging.getLogger("geventcomet.http"))
     server.start()
     log.info("metrics on http://%s:%d/metrics", METRICS_HOST, server.server_port)

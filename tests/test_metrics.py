@@ -138,6 +138,20 @@ def test_the_metrics_port_serves_metrics_alone_on_loopback_without_the_token(sta
     assert serve_metrics_port(Config(), server.app.metrics.exposition) is None  # 0: off
 
 
+def test_the_metrics_port_closes_a_connection_that_sends_nothing(server, monkeypatch):
+    monkeypatch.setattr("geventcomet.metrics_port.SCRAPE_TIMEOUT_S", 0.5)
+    config = Config(metrics_port=free_port())
+    metrics_server = serve_metrics_port(config, server.app.metrics.exposition)
+    try:
+        silent = [socket.create_connection(("127.0.0.1", config.metrics_port), timeout=10) for _ in range(20)]
+        for sock in silent:  # more than the scrape slots: each is closed at its deadline, not kept
+            assert sock.recv(100) == b""
+            sock.close()
+        assert "geventcomet_build_info" in str(scrape(f"http://127.0.0.1:{config.metrics_port}/metrics"))
+    finally:
+        metrics_server.stop(timeout=1)
+
+
 def test_a_scrape_while_the_backend_fails_still_answers_with_backend_up_0(start_server):
     from geventcomet.backends.memory import MemoryBackend
     from geventcomet.errors import BackendError
