@@ -45,6 +45,8 @@ def test_every_request_of_a_session_may_land_on_another_worker(redis_workers):
     [sub], worker = fresh_post(url, [raw.message("/meta/subscribe", subscription="/w/any")])
     served.add(worker)
     assert sub["successful"], sub
+    wild = Bayeux(url)  # a wildcard session, its requests on any worker too
+    wild.start("/w/*")
     sent = 0
     for _ in range(60):  # publish and connect on fresh connections until three workers took part
         [ack], worker = fresh_post(url, [raw.message("/w/any", data={"n": sent})])
@@ -55,12 +57,23 @@ def test_every_request_of_a_session_may_land_on_another_worker(redis_workers):
             break
     assert len(served) == 3, served
     got: list[int] = []
-    while len(got) < sent:
+    for _ in range(sent + 5):  # a page per connect at least; bounded
+        if len(got) == sent:
+            break
         replies, worker = fresh_post(url, [raw.message("/meta/connect", connectionType="long-polling",
                                                        advice={"timeout": 0})])
         got += [m["data"]["n"] for m in replies if m["channel"] == "/w/any"]
         assert replies[-1]["successful"] and len(got) <= sent
     assert got == list(range(sent))
+    wild_got: list[int] = []
+    for _ in range(sent + 5):
+        if len(wild_got) == sent:
+            break
+        replies, _ = fresh_post(url, [wild.message("/meta/connect", connectionType="long-polling",
+                                                   advice={"timeout": 0})])
+        wild_got += [m["data"]["n"] for m in replies if m["channel"] == "/w/any"]
+        assert replies[-1]["successful"] and len(wild_got) <= sent
+    assert wild_got == list(range(sent))
 
 
 def test_a_worker_killed_mid_stream_loses_nothing(redis_workers, agents):  # noqa: F811
