@@ -103,7 +103,7 @@ def test_faye_cometd_register_and_stream_share_one_channel(start_server, agents)
 
 @pytest.mark.parametrize("kind", ["faye", "cometd"])
 def test_expired_session_gets_402_and_the_client_handshakes_again_by_itself(start_server, agents, kind):  # noqa: F811
-    server = start_server(bayeux_session_ttl_s=30, timeout_s=5)
+    server = start_server(bayeux_session_ttl_s=30, timeout_s=2)
     clock = Clock()
     server.app.bayeux.sessions.clock = clock
     client = agents(kind, server.url)
