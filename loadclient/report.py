@@ -180,10 +180,11 @@ class Report:
         if ceiling < SHORT_BELOW * self.notify_rate:
             return (f"{lanes} notify connection{plural} ({in_flight} on each; each channel keeps to one "
                     f"connection so that its events stay in order), and a notify took {trip * 1000:.0f} ms "
-                    f"on average: at most {ceiling:.0f}/s. The server answers a notify once it has got "
-                    "through the re-polls of the fan-outs before it, so a channel with many clients caps "
-                    "the rate. More channels (--channels, up to --notify-connections in parallel) or a "
-                    "deeper --notify-pipeline raise it; or accept it with --accept-short")
+                    f"on average: at most {ceiling:.0f}/s. The server takes a channel's next notify "
+                    "after the fan-out of the one before (every client's reply and re-poll), so a "
+                    "channel with many clients caps the rate. Spread the clients over more channels "
+                    "(--channels; up to --notify-connections publish in parallel), or accept it with "
+                    "--accept-short")
         return (f"the notifier fell behind its own pace (notifies took {trip * 1000:.0f} ms each, "
                 f"{in_flight} on {lanes} connection{plural}): the load client's process was busy "
                 f"(CPU {self.cpu_s:.1f} s); --procs moves the clients to other processes")

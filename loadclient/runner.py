@@ -57,8 +57,8 @@ class Options:
     #: notify connections working in parallel (each owns a share of the channels)
     notify_connections: int = 8
     #: notifies one connection may send before reading their replies, in paced mode (1: one at
-    #: a time). A reply waits for the fan-outs before it, so one at a time caps a busy channel.
-    notify_pipeline: int = 64
+    #: a time; see :data:`~loadclient.notifier.PIPELINE`)
+    notify_pipeline: int = 1
     #: ``timeout`` each long-poll asks the server for, seconds
     poll_timeout: float = 20.0
     #: pause after each reply before polling again, seconds (0: at once, as a script would)
@@ -260,7 +260,7 @@ class Run:
             return ""
         return (f" | SHORT: notifying {snapshot.events_sent / elapsed:.0f}/s of {rate:g}/s asked "
                 f"(a notify takes {snapshot.notify_round_trip_s() * 1000:.0f} ms; "
-                f"{len(self.notifier.conns)} connections, {self.notifier.pipeline} in flight on each)")
+                f"{len(self.notifier.conns)} connection(s), {self.notifier.pipeline} in flight on each)")
 
 
 def run(url: str, *, on_ready: Callable[[Run], None] | None = None,
