@@ -33,9 +33,9 @@ def check_backend(loaded: Loaded) -> None:
         raise LoadError(spell(ConfigError("backend", masked, str(exc)), loaded.sources["backend"], masked)) from None
     if config.workers > 1 and not shared:
         scheme = config.backend.split(":", 1)[0].lower()
-        allowed = (f"the {scheme} backend is not shared between processes (a notify reaching one worker "
-                   "would never wake clients waiting on another): use --backend redis://HOST:PORT/DB, "
-                   "or one process")
+        allowed = (f"cannot use the {scheme} backend, which is not shared between processes (a notify "
+                   "reaching one worker would never wake clients waiting on another): it needs a shared "
+                   "backend such as --backend redis://HOST:PORT/DB (or run one process)")
         raise LoadError(spell(ConfigError("workers", config.workers, allowed), loaded.sources["workers"],
                               config.workers))
 
