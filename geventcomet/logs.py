@@ -88,8 +88,33 @@ def make_handler(log_format: str = "text") -> logging.Handler:
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:
-    """Log to stderr at ``level``, one line per record (``text`` or ``json``), URL credentials masked."""
+    """Log to stderr at ``level``, one line per record (``text`` or ``json``), URL credentials masked;
+    a greenlet's uncaught error too (:func:`log_hub_errors`)."""
     logging.basicConfig(level=level.upper(), handlers=[make_handler(log_format)])
+    log_hub_errors()
+
+
+def log_hub_errors() -> None:
+    """Route the errors gevent's hub reports (a greenlet that died of an exception) through
+    logging, as ERROR records of ``geventcomet.hub`` with the traceback.
+
+    Measured fact (gevent 25-26): ``Hub.print_exception`` writes the traceback, then a
+    timestamp and "<greenlet> failed with <Error>", straight to ``sys.stderr`` in several
+    writes: unmasked, and with ``--log-format json`` a run of lines that are not JSON.
+    """
+    from gevent.hub import Hub
+
+    def print_exception(hub: Hub, context: Any, kind: Any, value: Any, tb: Any) -> None:
+        try:
+            where = context if isinstance(context, str) else hub.format_context(context)
+        except Exception:  # noqa: BLE001 - formatting a broken object must not hide its error
+            where = repr(context)
+        error = value if isinstance(value, BaseException) else None
+        logging.getLogger("geventcomet.hub").error(
+            "%s failed with %s", where, getattr(kind, "__name__", "exception"),
+            exc_info=(type(error), error, tb) if error is not None else None)
+
+    Hub.print_exception = print_exception  # type: ignore[method-assign]
 
 
 def ensure_logging(level: str, log_format: str = "text") -> bool:

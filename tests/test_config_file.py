@@ -173,3 +173,26 @@ def test_the_json_log_masks_credentials_in_every_field():
     entry = json.loads(JsonFormatter().format(record))
     assert SECRET not in json.dumps(entry) and entry["url"] == "redis://u:***@h/0"
     assert entry["message"] == "backend redis://:***@h:6379/0 failed" and entry["event"] == "x"
+
+
+HUB_ERROR = """
+from gevent import monkey; monkey.patch_all()
+import gevent
+from geventcomet.logs import configure_logging
+configure_logging("INFO", "json")
+def broken():
+    raise ValueError("cannot reach redis://:{secret}@127.0.0.1:1/0")
+gevent.spawn(broken).join()
+"""
+
+
+def test_a_greenlets_uncaught_error_is_one_masked_json_line():
+    """gevent's hub would print it on stderr itself: many lines, not JSON, the password shown."""
+    done = subprocess.run([sys.executable, "-c", HUB_ERROR.format(secret=SECRET)], capture_output=True,
+                          text=True, timeout=30)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    entry = json.loads(lines[0])
+    assert entry["logger"] == "geventcomet.hub" and entry["level"] == "ERROR"
+    assert "failed with ValueError" in entry["message"]
+    assert "ValueError: cannot reach redis://:***@127.0.0.1:1/0" in entry["exception"] and SECRET not in done.stderr
