@@ -7,6 +7,8 @@ per line with structured fields::
      "pid": 2839, "event": "request", "message": "127.0.0.1 - - [...] \\"GET /stats HTTP/1.1\\" 200 512 0.000412",
      "client": "127.0.0.1", "request": "GET /stats HTTP/1.1", "status": 200, "bytes": 512, "duration_s": 0.000412}
 
+(a poll's line has ``"channels": N`` too, the number of channels it named).
+
 ``event`` is the record's own (``log.info(..., extra={"event": "listening"})``) or the last
 part of its logger's name; any other ``extra`` becomes a field. gevent's access log writes
 preformatted lines, so an access line is parsed back into its fields here.
@@ -21,6 +23,7 @@ import logging
 import re
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from .security import mask_credentials
 
@@ -62,6 +65,10 @@ def access_fields(line: str) -> dict[str, Any]:
     if found is None:
         return {}
     fields: dict[str, Any] = {"client": found["client"], "request": found["request"], "status": int(found["status"])}
+    target = found["request"].split(" ")[1] if found["request"].count(" ") >= 1 else ""
+    channels = parse_qs(urlsplit(target).query).get("channel")
+    if channels:
+        fields["channels"] = len(channels)
     if found["bytes"] != "-":
         fields["bytes"] = int(found["bytes"])
     if found["duration_s"] != "-":

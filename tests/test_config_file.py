@@ -112,6 +112,9 @@ def test_the_json_log_is_one_object_per_line_with_structured_fields():
     try:
         assert requests.get(server.url + "/stats", timeout=10).status_code == 200
         server.wait_log(r'"event": "request"')
+        polled = requests.get(server.url + "/register?channel=a&channel=b&timeout=0", timeout=10)
+        assert polled.status_code == 200
+        poll_line = server.wait_log(r'"request": "GET /register')
     finally:
         server.terminate()
         server.stop()
@@ -127,6 +130,8 @@ def test_the_json_log_is_one_object_per_line_with_structured_fields():
     assert request["status"] == 200 and request["client"] == "127.0.0.1" and request["request"].startswith("GET /stats")
     assert request["duration_s"] >= 0 and request["bytes"] > 0
     assert by_event["configuration-warning"]["level"] == "WARNING"
+    poll = json.loads(poll_line)
+    assert poll["channels"] == 2 and poll["status"] == 200 and "channels" not in request
 
 
 SERVE_FROM_CODE = """
