@@ -5,7 +5,7 @@ from, and builds the :class:`~geventcomet.config.Config`. Any mistake becomes on
 :class:`LoadError` whose message is one line naming the setting as the user wrote it (the
 flag, the variable or the file key), the value, and what is allowed, e.g.::
 
-    GEVENTCOMET_LOG_LEVEL='LOUD' (or --log-level): must be DEBUG, INFO, WARNING or ERROR
+    GEVENTCOMET_LOG_LEVEL=LOUD (or --log-level): must be DEBUG, INFO, WARNING or ERROR
 
 :func:`describe` and :func:`as_toml` show the result with each value's origin, secrets
 masked (secret fields as ``***``, credentials inside URLs by ``mask_credentials``).
@@ -84,7 +84,7 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> L
 
 
 def spell(exc: ConfigError, source: str, value: Any) -> str:
-    """The error as the user wrote the setting: ``--port 'abc'``, ``GEVENTCOMET_PORT='abc'``..."""
+    """The error as the user wrote the setting: ``--port abc``, ``GEVENTCOMET_PORT=abc``, a file's key."""
     name = exc.field
     shown = "***" if exc.secret else quoted(value)
     kind, _, where = source.partition(" ")
