@@ -16,9 +16,11 @@ from geventcomet import Config
 from geventcomet.backends import BACKENDS
 from geventcomet.backends.redis import RedisBackend
 from geventcomet.backends.redis_sentinel import parse_sentinel_url
+from geventcomet.errors import BackendError
 
 from .conftest import require_binary
 from .helpers import Comet
+from .services import free_port
 from .topology_fixtures import SentinelGroup, wait_for
 
 PATCHED = "redis+sentinel" in BACKENDS  # /work/notes/h18-redis.patch applied
@@ -94,6 +96,14 @@ def test_sentinel_urls(url, expected):
 def test_bad_sentinel_urls_say_what_is_wrong(url, says):
     with pytest.raises(ValueError, match=says):
         parse_sentinel_url(url)
+
+
+def test_unreachable_sentinels_are_a_clear_start_up_error():
+    port = free_port()
+    with pytest.raises(BackendError) as refused:
+        RedisBackend(Config(backend=f"redis+sentinel://:secret@127.0.0.1:{port}/svc/0"))
+    assert str(refused.value) == (f"cannot reach Redis at redis+sentinel://:***@127.0.0.1:{port}/svc/0: "
+                                  f"no Sentinel at 127.0.0.1:{port} answered with a master for 'svc'")
 
 
 def test_a_failover_is_followed_and_logged_once(sentinel_server, sentinels, caplog):

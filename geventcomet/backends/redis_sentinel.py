@@ -26,12 +26,10 @@ from urllib.parse import unquote
 
 import redis
 from gevent.event import Event
+from redis.backoff import NoBackoff
 from redis.connection import BlockingConnectionPool
-from redis.sentinel import (
-    Sentinel,
-    SentinelConnectionPoolProxy,
-    SentinelManagedConnection,
-)
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPoolProxy, SentinelManagedConnection
 
 from .redis_scripts import DROPPED_KEY, EPOCH_KEY, SEQ_KEY, epoch_candidate
 from .redis_sentinel_watch import SwitchWatch
@@ -208,6 +206,19 @@ class BlockingSentinelPool(BlockingConnectionPool):
             self.disconnect(inuse_connections=True)
 
 
+class QuietSentinel(Sentinel):
+    """redis-py's Sentinel manager whose "no master" error names the sentinels, not a client's repr."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            address: tuple[str, int] = super().discover_master(service_name)
+        except MasterNotFoundError:
+            hosts = ",".join(f"{client.connection_pool.connection_kwargs.get('host')}:"
+                             f"{client.connection_pool.connection_kwargs.get('port')}" for client in self.sentinels)
+            raise MasterNotFoundError(f"no Sentinel at {hosts} answered with a master for {service_name!r}") from None
+        return address
+
+
 class SentinelPools:
     """Makes clients of one Sentinel-managed master that share one Sentinel manager, fence and
     switch watch (:mod:`.redis_sentinel_watch`, started with the first client)."""
@@ -215,8 +226,10 @@ class SentinelPools:
     def __init__(self, url: str) -> None:
         self.target = parse_sentinel_url(url)
         self.fence = MasterFence(self.target.service)
-        self.manager = Sentinel(self.target.sentinels, sentinel_kwargs={"socket_timeout": 1.0,
-                                                                         "socket_connect_timeout": 1.0})
+        # One try per sentinel and per call: the manager asks the next sentinel itself, and the
+        # callers have their own retries (redis-py's default backoff made a refused start take 18 s).
+        self.manager = QuietSentinel(self.target.sentinels, sentinel_kwargs={
+            "socket_timeout": 1.0, "socket_connect_timeout": 1.0, "retry": Retry(NoBackoff(), 0)})
         self._pools: list[BlockingSentinelPool] = []
         self._watch = SwitchWatch(self.target.sentinels, self.target.service, self.follow)
 
