@@ -1,6 +1,7 @@
 """The Bayeux mode: fake Bayeux clients (``/bayeux``) with the long-poll mode's exact accounting.
 
-``python -m loadclient.bayeux URL [the same flags as python -m loadclient]``
+``run_bayeux(url, **options)`` takes :func:`loadclient.runner.run`'s arguments (and the CLI
+reaches it as ``python -m loadclient --bayeux URL ...`` once ``__main__`` has the flag).
 
 Each fake client is a Bayeux session on one keep-alive connection: ``/meta/handshake``, a
 first ``/meta/connect`` (answered at once), ``/meta/subscribe`` to its channels, then
@@ -17,7 +18,6 @@ changes ``/lc-RUNID/``). ``--procs`` above 1 is not supported by this mode yet.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 from typing import Callable
@@ -187,26 +187,3 @@ def run_bayeux(url: str, *, on_ready: Callable[[Run], None] | None = None,
     except BaseException:
         the_run.close()
         raise
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m loadclient.bayeux``: the long-poll mode's flags, Bayeux clients."""
-    from .__main__ import build_parser
-    parser = build_parser(prog="python -m loadclient.bayeux")
-    args = parser.parse_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("json_path", "interactive", "log_level")}
-    fields["duration"] = args.duration if args.duration is not None else 10.0
-    fields["source_ips"] = None
-    try:
-        report = run_bayeux(**fields)
-    except ValueError as exc:
-        print(f"{parser.prog}: {exc}", file=sys.stderr)
-        return 2
-    print(report.format_text(), flush=True)
-    if args.json_path:
-        report.write_json(args.json_path)
-    return report.exit_code()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
