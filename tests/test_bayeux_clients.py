@@ -4,8 +4,10 @@ space with /register and /stream, and an expired session that the client re-esta
 from __future__ import annotations
 
 import json
+import time
 
 import gevent
+import jwt
 import pytest
 import requests
 
@@ -132,3 +134,18 @@ def _publish_until_delivered(client: Agent, raw: Bayeux, channel: str) -> None:
             continue
     else:
         raise AssertionError("no message after the re-handshake")
+
+
+def test_both_clients_send_their_token_in_the_handshake_ext(start_server, agents):  # noqa: F811
+    secret = "bayeux-client-token-secret-0123456789"
+    server = start_server(token_secret=secret)
+    token = jwt.encode({"exp": int(time.time()) + 600, "channels": ["/team/*"], "publish": ["/team/*"]}, secret)
+    faye, cometd = agents("faye", server.url, token), agents("cometd", server.url, token)
+    for client in (faye, cometd):
+        client.subscribe("/team/a")
+    cometd.publish("/team/a", count=3)
+    for client in (faye, cometd):
+        assert numbers(client.wait_messages(3)) == [0, 1, 2], client.kind
+    outsider = agents("faye", server.url)  # no token: the handshake passes, the subscribe is refused
+    with pytest.raises(AssertionError, match="403"):
+        outsider.subscribe("/team/a")
