@@ -3,8 +3,13 @@
 NEEDS the drain diff of issue #17's report (config ``drain_delay_s``, ``service.draining``, the
 pause in ``server.serve``): on SIGTERM the server answers ``/readyz`` 503 for ``--drain-delay``
 seconds while it still serves everything, and only then tells held polls to reconnect.
+The configuration file of docs/deploy.md sets ``drain_delay`` too.
 """
+import re
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import gevent
 import requests
@@ -40,3 +45,14 @@ def test_sigterm_turns_readyz_503_before_held_polls_are_answered():
         assert server.proc.wait(15) == 0
     finally:
         server.stop()
+
+
+def test_the_documented_configuration_file_is_accepted(tmp_path):
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    toml = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "notify-token").write_text("a-token\n", encoding="utf-8")
+    (tmp_path / "geventcomet.toml").write_text(toml.replace("/etc/geventcomet/", f"{tmp_path}/"), encoding="utf-8")
+    checked = subprocess.run([sys.executable, "-m", "geventcomet", "check-config", "--config",
+                              str(tmp_path / "geventcomet.toml")], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert re.search(r"drain_delay = 5(\.0)?\s", checked.stdout) and "a-token" not in checked.stdout
