@@ -4,6 +4,7 @@
     python bench/bench_bayeux.py cycle --clients 1000 --reps 3
     python bench/bench_bayeux.py publish --reps 3         # a Bayeux publish's cost, by channel depth
     python bench/bench_bayeux.py micro --clients 300 --reps 5   # in-process, no sockets: CPU per delivery
+    python bench/bench_bayeux.py fanout --backend redis://127.0.0.1:PORT/0   # Redis sessions (flushed per run)
 
 micro: the app called directly (``respond()``, no sockets, no load client): N sessions and N
 long-poll clients on one channel, a publish, then every one asks once with timeout 0; the
@@ -40,9 +41,12 @@ from loadclient import run  # noqa: E402
 from loadclient.bayeux import run_bayeux  # noqa: E402
 
 
-def one_run(mode: str, clients: int, channels: int, rate: float, duration: float) -> dict:
-    """One mode on a fresh server: deliveries/s and server CPU per 1,000 deliveries."""
-    srv = ServerProcess("--timeout", "20", "--bayeux-session-ttl", "120")
+def one_run(mode: str, clients: int, channels: int, rate: float, duration: float, backend: str = "memory") -> dict:
+    """One mode on a fresh server: deliveries/s and server CPU per delivery."""
+    if backend.startswith("redis"):
+        import redis
+        redis.Redis.from_url(backend).flushdb()  # a fresh server starts from an empty database
+    srv = ServerProcess("--timeout", "20", "--bayeux-session-ttl", "120", "--backend", backend)
     marks: dict[str, float] = {}
 
     def on_ready(_run) -> None:
@@ -69,16 +73,16 @@ def one_run(mode: str, clients: int, channels: int, rate: float, duration: float
             "bayeux": stats.get("bayeux")}
 
 
-def compare(kind: str, clients: int, reps: int, duration: float, rate: float) -> dict:
+def compare(kind: str, clients: int, reps: int, duration: float, rate: float, backend: str = "memory") -> dict:
     """Interleaved reps of both modes; medians, spreads and the Bayeux/long-poll CPU ratio."""
     runs: dict[str, list[dict]] = {"register": [], "bayeux": []}
     channels = 1 if kind == "fanout" else clients
     for rep in range(reps):
         for mode in ("register", "bayeux") if rep % 2 == 0 else ("bayeux", "register"):
-            result = one_run(mode, clients, channels, rate, duration)
+            result = one_run(mode, clients, channels, rate, duration, backend)
             runs[mode].append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
-    summary: dict = {"kind": kind, "clients": clients, "reps": reps}
+    summary: dict = {"kind": kind, "clients": clients, "reps": reps, "backend": backend.split(":")[0]}
     for mode, results in runs.items():
         cpu = [r["server_cpu_us_per_delivery"] for r in results]
         rate_s = [r["deliveries_per_s"] for r in results]
@@ -179,6 +183,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=None, help="events/s (fanout: 10; cycle: as fast as taken)")
+    parser.add_argument("--backend", default="memory", help="the servers' --backend, e.g. redis://127.0.0.1:6390/0")
     args = parser.parse_args()
     if args.what == "publish":
         print(json.dumps(publish_cost(args.reps), indent=1))
@@ -189,7 +194,8 @@ def main() -> None:
         return
     rate = args.rate if args.rate is not None else (10.0 if args.what == "fanout" else -1.0)
     for clients in args.clients:
-        print(json.dumps(compare(args.what, clients, args.reps, args.duration, rate), indent=1), flush=True)
+        print(json.dumps(compare(args.what, clients, args.reps, args.duration, rate, args.backend), indent=1),
+              flush=True)
 
 
 if __name__ == "__main__":
