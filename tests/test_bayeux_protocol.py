@@ -235,3 +235,9 @@ def test_sessions_and_subscriptions_are_bounded(start_server):
     assert full["error"].startswith("503:") and full["advice"]["reconnect"] == "handshake"
     assert first.publish("/b/3", "still served")["successful"]
     assert [m["data"] for m in first.connect()[:-1]] == ["still served"]
+
+
+def test_head_runs_no_batch(server):
+    message = json.dumps([{"channel": "/meta/handshake", "version": "1.0"}])
+    reply = requests.head(server.url + "/bayeux", params={"message": message}, timeout=10)
+    assert reply.status_code == 405 and server.app.bayeux.stats.handshakes == 0

@@ -18,7 +18,7 @@ from typing import Callable
 from urllib.parse import parse_qsl
 
 from .. import protocol
-from ..errors import CometError, PayloadTooLarge
+from ..errors import CometError, MethodNotAllowed, PayloadTooLarge
 from ..replies import JSON, Headers, Reply
 from .messages import BadBayeux, Message, check_callback, parse_batch
 
@@ -28,7 +28,9 @@ _FORM = "application/x-www-form-urlencoded"
 
 def read_request(environ: dict, max_body_bytes: int) -> tuple[list[Message], str | None]:
     """The request's messages, and its JSONP callback (None: answer JSON)."""
-    if environ["REQUEST_METHOD"] in ("GET", "HEAD"):
+    if environ["REQUEST_METHOD"] == "HEAD":  # a batch has effects: a HEAD must not run one
+        raise MethodNotAllowed("HEAD is not a Bayeux transport; use POST or GET", headers=(("Allow", "GET, POST"),))
+    if environ["REQUEST_METHOD"] == "GET":
         fields = _query_fields(environ.get("QUERY_STRING", ""))
         callback = fields.get("jsonp")
         if "message" not in fields:
