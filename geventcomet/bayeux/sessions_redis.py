@@ -59,7 +59,7 @@ class RedisSessions(SessionStore):
     def load(self, client_id: str) -> Session | None:
         key = KEY_PREFIX + client_id
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
+            with self.redis.pipeline(transaction=False) as pipe:  # one round trip; no MULTI needed
                 pipe.hgetall(key)
                 pipe.pexpire(key, self._ttl_ms)
                 raw = cast(dict, pipe.execute()[0])
