@@ -65,7 +65,7 @@ def worker_main() -> None:
     from .server import LISTEN_BACKLOG, serve
 
     config = Config(**json.loads(os.environ[WORKER_ENV]))
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     ready_fd, beat_fd, metrics_fd = ready.take_fd(), heartbeat.take_fd(), metrics_workers.take_fd()
     try:
         listener = reuseport_socket(config.host, config.port)

@@ -201,3 +201,14 @@ def test_a_greenlets_uncaught_error_is_one_masked_json_line():
     assert entry["logger"] == "geventcomet.hub" and entry["level"] == "ERROR"
     assert "failed with ValueError" in entry["message"]
     assert "ValueError: cannot reach redis://:***@127.0.0.1:1/0" in entry["exception"] and SECRET not in done.stderr
+
+
+def test_workers_log_json_too(redis_url):
+    server = ServerProcess("--log-format", "json", "--workers", "2", "--backend", redis_url, ready_timeout=40)
+    try:
+        assert server.ready is not None, server.log
+    finally:
+        server.terminate(20)
+        server.stop()
+    entries = [json.loads(line) for line in server.log if line.startswith("{")]
+    assert {e["pid"] for e in entries} >= {server.proc.pid, *server.ready.workers}

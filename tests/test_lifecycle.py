@@ -72,7 +72,7 @@ def test_configuration_comes_from_flags_and_env_and_secrets_are_masked():
                          env={"GEVENTCOMET_NOTIFY_TOKEN": "hunter2", "GEVENTCOMET_BACKLOG": "5"})
     try:
         line = proc.wait_log(r"configuration:")
-        assert "timeout_s=7.0" in line and "max_channels=3" in line and "backlog=5" in line
+        assert "timeout=7.0" in line and "max_channels=3" in line and "backlog=5" in line
         assert "notify_token=***" in line and "hunter2" not in "".join(proc.log)
         Comet(proc.url).notify("x", 1, expect=401)
     finally:
