@@ -69,9 +69,7 @@ def clients_process(args: argparse.Namespace) -> None:
 
 def chaos(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="topology-"))
-    extra = ("--redis-min-replicas", str(args.min_replicas), "--redis-replica-timeout", "1") \
-        if args.min_replicas else ()
-    topology = Topology(workdir, extra=extra)
+    topology = Topology(workdir, min_replicas=args.min_replicas)
     procs: list[subprocess.Popen] = []
     try:
         topology.start()
@@ -141,8 +139,9 @@ def cycle(args: argparse.Namespace) -> list[dict]:
 
 
 def fanout(args: argparse.Namespace) -> dict:
-    topology = Topology(Path(tempfile.mkdtemp(prefix="topology-")), extra=("--timeout", "120", "--max-timeout", "600", "--client-ttl", "900"),
-                        nginx_workers=4)  # 20,000 clients and as many upstream connections: 4 x 10,000 open files
+    # 20,000 clients and as many upstream connections: 4 nginx workers of 10,000 open files
+    topology = Topology(Path(tempfile.mkdtemp(prefix="topology-")), nginx_workers=4,
+                        extra=("--timeout", "120", "--max-timeout", "600", "--client-ttl", "900"))
     try:
         topology.start()
         report = run(topology.url, clients=args.clients, channels=1, duration=20, notify_rate=1 / 20, notify_count=1,

@@ -38,7 +38,7 @@ pytestmark = [
 @pytest.fixture
 def topology(tmp_path, request):
     require_binary("redis-sentinel")
-    deployed = Topology(tmp_path, extra=request.param)
+    deployed = Topology(tmp_path, min_replicas=request.param)
     try:
         deployed.start()
         yield deployed
@@ -46,8 +46,7 @@ def topology(tmp_path, request):
         deployed.stop()
 
 
-@pytest.mark.parametrize("topology", [("--redis-min-replicas", "1", "--redis-replica-timeout", "1")],
-                         indirect=True, ids=["min-replicas-1"])
+@pytest.mark.parametrize("topology", [1], indirect=True, ids=["min-replicas-1"])
 def test_nothing_acknowledged_is_lost_through_the_faults(topology):
     stop, subscribers = Event(), [Subscriber(topology.url, channel_of(i, CHANNELS)) for i in range(CLIENTS)]
     notifier = Notifier(topology.url, CHANNELS, RATE)

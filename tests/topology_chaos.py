@@ -22,8 +22,10 @@ from .topology_fixtures import Nginx, Node, SentinelGroup, wait_for
 
 class Topology:
     def __init__(self, workdir: Path, nodes: int = 3, workers: int = 2, extra: tuple[str, ...] = (),
-                 nginx_workers: int = 1) -> None:
-        self.redis = SentinelGroup(workdir)
+                 nginx_workers: int = 1, min_replicas: int = 0) -> None:
+        self.redis = SentinelGroup(workdir, min_replicas_to_write=min_replicas)
+        if min_replicas:
+            extra = (*extra, "--redis-min-replicas", str(min_replicas), "--redis-replica-timeout", "1")
         self.nodes: list[Node] = []
         self.workdir, self.count, self.workers, self.extra = workdir, nodes, workers, extra
         self.nginx_workers = nginx_workers
@@ -46,8 +48,10 @@ class Topology:
     def stop(self) -> None:
         if self.nginx is not None:
             self.nginx.stop()
-        for node in self.nodes:
+        for index, node in enumerate(self.nodes, 1):
             node.stop()
+            if node.proc is not None:  # the last start's log, for a post-mortem
+                (self.workdir / f"node-{index}.log").write_text("".join(node.proc.log))
         self.redis.stop()
 
 

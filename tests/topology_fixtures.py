@@ -55,8 +55,10 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
 class SentinelGroup:
     """A master, ``replicas`` replicas and three sentinels watching them as :data:`SERVICE`."""
 
-    def __init__(self, workdir: Path, replicas: int = 1) -> None:
+    def __init__(self, workdir: Path, replicas: int = 1, min_replicas_to_write: int = 0) -> None:
         self.workdir = workdir
+        #: Redis's own min-replicas-to-write on every server (see docs/topology.md).
+        self.min_replicas_to_write = min_replicas_to_write
         self.redis_ports = [free_port() for _ in range(1 + replicas)]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.procs: dict[int, subprocess.Popen] = {}
@@ -91,6 +93,8 @@ class SentinelGroup:
                 "--appendonly", "no", "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
         if replica_of:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
+        if self.min_replicas_to_write:
+            args += ["--min-replicas-to-write", str(self.min_replicas_to_write), "--min-replicas-max-lag", "10"]
         self.procs[port] = _spawn(args, self.workdir / f"redis-{port}.log")
         wait_for(lambda: self.client(port).ping(), 10, f"redis-server on {port}")
 
