@@ -151,3 +151,26 @@ def test_data_that_is_not_json_raises_before_sending(server):
     with Publisher(server.url) as publisher, pytest.raises(CometClientError, match="not JSON"):
         publisher.publish("news", float("nan"))
     assert gevent.getcurrent() is not None
+
+
+def test_async_publisher_through_the_reply_dropping_proxy_stores_each_event_once(server):
+    from .client_fixtures import run_python
+    proxy = FaultProxy(("127.0.0.1", server.port), every=3)
+    try:
+        result = run_python("""
+            import asyncio, json, sys
+            from geventcomet.client import AsyncPublisher, Backoff
+
+            async def main():
+                async with AsyncPublisher(sys.argv[1], backoff=Backoff(0.001, 0.01)) as publisher:
+                    ids = [await publisher.publish("news", n) for n in range(20)]
+                    ids += await publisher.publish_many([("news", 20), ("news", 21)])
+                return ids
+
+            print(json.dumps({"ids": asyncio.run(main())}))
+        """, proxy.url)
+    finally:
+        proxy.close()
+    assert proxy.dropped >= 6
+    assert result["ids"] == list(range(1, 23))
+    assert history(server.url, "news") == [(n + 1, n) for n in range(22)]
