@@ -182,9 +182,9 @@ class Report:
                     f"connection so that its events stay in order), and a notify took {trip * 1000:.0f} ms "
                     f"on average: at most {ceiling:.0f}/s. The server takes a channel's next notify "
                     "after the fan-out of the one before (every client's reply and re-poll), so a "
-                    "channel with many clients caps the rate. Spread the clients over more channels "
-                    "(--channels; up to --notify-connections publish in parallel), or accept it with "
-                    "--accept-short")
+                    "channel with many clients caps the rate: spread the clients over more channels "
+                    "(--channels). With many channels, more --notify-connections or a deeper "
+                    "--notify-pipeline raise the ceiling. Or accept it with --accept-short")
         return (f"the notifier fell behind its own pace (notifies took {trip * 1000:.0f} ms each, "
                 f"{in_flight} on {lanes} connection{plural}): the load client's process was busy "
                 f"(CPU {self.cpu_s:.1f} s); --procs moves the clients to other processes")
