@@ -77,6 +77,11 @@ class FaultProxy:
                     self.dropped += 1
                     return  # the reply is dropped with the connection
                 client.sendall(reply)
+                if b"text/event-stream" in reply.split(b"\r\n\r\n", 1)[0]:  # a stream: pass it on as it comes
+                    for chunk in iter(lambda: bytes(from_upstream) or upstream.recv(65536), b""):
+                        from_upstream.clear()
+                        client.sendall(chunk)
+                    return
         finally:
             upstream.close()
             client.close()

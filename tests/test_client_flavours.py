@@ -32,16 +32,17 @@ def test_asyncio_two_hundred_subscribers_under_asyncio_run(start_server):
         import asyncio, json, sys
         from geventcomet.client import AsyncPublisher, AsyncSubscriber
 
-        async def subscriber(url, cursor):
+        async def subscriber(url, cursor, transport):
             got = []
-            async with AsyncSubscriber(url, "room", cursor=cursor, poll_timeout_s=10) as sub:
+            async with AsyncSubscriber(url, "room", cursor=cursor, poll_timeout_s=10, transport=transport) as sub:
                 async for event in sub:
                     got.append(event.id)
                     if len(got) == 25:
                         return got
 
         async def main(url, cursor):
-            tasks = [asyncio.create_task(subscriber(url, cursor)) for _ in range(200)]
+            tasks = [asyncio.create_task(subscriber(url, cursor, "sse" if n % 4 == 0 else "longpoll"))
+                     for n in range(200)]  # a quarter of them on SSE
             async with AsyncPublisher(url) as publisher:
                 ids = [await publisher.publish("room", n) for n in range(5)]
             results = await asyncio.wait_for(asyncio.gather(*tasks), 60)

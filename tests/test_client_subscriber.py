@@ -4,7 +4,7 @@ gaps, token refresh, a refused client id, the shutdown "reconnect" reply, the cu
 import pytest
 import requests
 
-from geventcomet.client import Backoff, Event, FileCursorStore, Gap, Subscriber
+from geventcomet.client import Backoff, Event, FileCursorStore, Gap, Subscriber, wire
 
 from .client_fixtures import Collector, FaultProxy, publish_ids
 from .helpers import ServerProcess
@@ -98,7 +98,8 @@ def test_a_client_id_the_server_refuses_is_dropped_and_the_public_position_kept(
         assert (event.id, sub.client != "forgedclientid00") == (2, True)
 
 
-def test_a_stopping_server_sends_its_clients_to_the_next_one(tmp_path):
+@pytest.mark.parametrize("transport", ["longpoll", "sse"])
+def test_a_stopping_server_sends_its_clients_to_the_next_one(tmp_path, transport):
     """SQLite server stopped (503 "reconnect" to the held poll) and started again behind the
     same address: the subscriber resumes where it was, nothing lost, no gap."""
     database = f"sqlite:///{tmp_path}/c.db"
@@ -107,7 +108,7 @@ def test_a_stopping_server_sends_its_clients_to_the_next_one(tmp_path):
     try:
         start = first_cursor(first.url, "a")
         publish_ids(first.url, "a", 3)
-        sub = Subscriber(proxy.url, "a", cursor=start, poll_timeout_s=20, backoff=FAST)
+        sub = Subscriber(proxy.url, "a", cursor=start, poll_timeout_s=20, backoff=FAST, transport=transport)
         collector = Collector(sub)
         collector.wait_for(3)
         assert first.terminate() == 0
@@ -143,3 +144,29 @@ def test_close_from_another_greenlet_ends_the_iteration(server):
     sub.close()
     collector.greenlet.join(timeout=10)
     assert collector.greenlet.dead and collector.items == []
+
+
+def test_sse_hands_out_the_same_events_with_the_same_cursors(start_server):
+    server = start_server(backlog=5)
+    start = first_cursor(server.url, "a", "b")
+    publish_ids(server.url, "a", 2)
+    publish_ids(server.url, "b", 1)
+    with Subscriber(server.url, ["a", "b"], cursor=start, transport="sse") as sse, \
+            Subscriber(server.url, ["a", "b"], cursor=start, poll_timeout_s=5) as poll:
+        by_sse = [next(sse) for _ in range(3)]
+        by_poll = [next(poll) for _ in range(3)]
+        public = wire.without_private
+        assert [(e.channel, e.id, e.data, public(e.cursor)) for e in by_sse] == \
+            [(e.channel, e.id, e.data, public(e.cursor)) for e in by_poll]
+        cursor = sse.cursor
+    publish_ids(server.url, "a", 1)
+    with Subscriber(server.url, ["a", "b"], cursor=cursor, poll_timeout_s=5) as poll:  # SSE's cursor resumes a poll
+        assert (next(poll).channel, poll.cursor.split("~")[1:5]) == ("a", ["a", "3", "b", "1"])
+    publish_ids(server.url, "a", 10)  # more than the backlog since the cursor: a gap
+    with Subscriber(server.url, ["a", "b"], cursor=cursor, transport="sse") as sse:
+        assert isinstance(next(sse), Gap) and next(sse).id == 9
+
+
+def test_an_unknown_transport_is_refused():
+    with pytest.raises(ValueError, match="transport"):
+        Subscriber("http://127.0.0.1:1", "a", transport="websocket")

@@ -20,6 +20,7 @@ from . import wire
 from .backoff import Backoff, retry_after
 from .errors import AuthError, Unavailable
 from .events import Event, Gap
+from .sse import Frame, decode
 
 #: The ways a publish attempt can end: done (the reply body), or retry after a delay.
 DONE, RETRY = "done", "retry"
@@ -105,3 +106,12 @@ class SubscriberCore:
             self.client, self.cursor = None, wire.without_private(self.cursor)
             return [], self.failed()
         raise error
+
+    def after_frame(self, frame: Frame) -> tuple[list[Event | Gap], bool]:
+        """The items an SSE frame brings, and whether the server asked to reconnect."""
+        meaning = decode(frame, self.cursor)
+        if meaning.start is not None:  # hello: the stream is open
+            self.failures, self.refreshed = 0, False
+            self.client = meaning.client or self.client
+            self.cursor = self.cursor or meaning.start
+        return meaning.items, meaning.reconnect

@@ -10,14 +10,19 @@ the events of the reply being handed out come again).
 Reconnecting never ends by itself: connection errors, timeouts and 503s are retried
 with full-jitter backoff, honouring ``Retry-After`` (a stopping server's ``reconnect``
 reply says when). The poll is one keep-alive ``httpx`` connection.
+
+``transport="sse"`` reads ``GET /stream`` instead (:mod:`.sse`): one long response, each
+event with its cursor. The cursor store is then saved when the stream opens, at most once
+a second while events arrive, and at ``close()``.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Union
 
 import httpx
@@ -27,10 +32,15 @@ from .backoff import Backoff
 from .cursor_store import CursorStore, cursor_store
 from .events import Event, Gap
 from .policy import SubscriberCore
+from .sse import FrameParser
 
 Item = Union[Event, Gap]
-#: Seconds a reply may take beyond the poll's own timeout before the poll counts as failed.
+#: Seconds a reply may take beyond the poll's own timeout before the poll counts as failed
+#: (an SSE stream's heartbeat comes every 15 s: a 40 s silence is a dead stream too).
 READ_SLACK_S = 15.0
+#: Seconds between saves of the cursor store while an SSE stream hands out events.
+SSE_SAVE_EVERY_S = 1.0
+TRANSPORTS = ("longpoll", "sse")
 
 
 class _Base:
@@ -39,7 +49,12 @@ class _Base:
     def __init__(self, url: str, channels: str | Iterable[str], token: str | Callable[[], str] | None,
                  cursor: str | None, on_gap: Callable[[Gap], None] | None,
                  store: str | os.PathLike[str] | CursorStore | None, poll_timeout_s: float | None,
-                 backoff: Backoff | None) -> None:
+                 backoff: Backoff | None, transport: str) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        self.sse = transport == "sse"
+        self.parser = FrameParser()
+        self.saved_at = 0.0
         self.url = url.rstrip("/")
         self.token = token
         self.on_gap = on_gap
@@ -68,6 +83,21 @@ class _Base:
     def save(self) -> None:
         if self.store is not None and self.core.cursor:
             self.store.save(self.core.cursor)
+            self.saved_at = time.monotonic()
+
+    def on_line(self, line: str) -> bool | None:
+        """One line of an SSE stream: True when items are ready to hand out, False when the
+        server asked to reconnect, None to read on."""
+        frame = self.parser.feed(line)
+        if frame is None:
+            return None
+        items, reconnect = self.core.after_frame(frame)
+        self.pending.extend(items)
+        if reconnect:
+            return False
+        if items and self.store is not None and time.monotonic() - self.saved_at >= SSE_SAVE_EVERY_S:
+            self.save()
+        return True if items else None
 
     def next_item(self) -> Item | None:
         """The next item to hand out (a gap given to ``on_gap`` is not), or None to poll."""
@@ -98,8 +128,11 @@ class Subscriber(_Base):
     def __init__(self, url: str, channels: str | Iterable[str], token: str | Callable[[], str] | None = None,
                  cursor: str | None = None, *, on_gap: Callable[[Gap], None] | None = None,
                  cursor_store: str | os.PathLike[str] | CursorStore | None = None,
-                 poll_timeout_s: float | None = None, backoff: Backoff | None = None) -> None:
-        super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff)
+                 poll_timeout_s: float | None = None, backoff: Backoff | None = None,
+                 transport: str = "longpoll") -> None:
+        super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff, transport)
+        self._stream: httpx.Response | None = None
+        self._lines: Iterator[str] | None = None
         self._http = httpx.Client(base_url=self.url, timeout=self.read_timeout, verify=compat.ssl_context())
         self._closed = threading.Event()
 
@@ -111,13 +144,43 @@ class Subscriber(_Base):
             item = self.next_item()
             if item is not None:
                 return item
-            self.save()
-            delay = self._poll()
+            delay = self._read_stream() if self.sse else self._poll()
             if delay > 0:
                 self._closed.wait(delay)
         raise StopIteration
 
+    def _read_stream(self) -> float:
+        """Read the SSE stream (opening it first) until items are ready; the delay before
+        reading again (0 while the stream is open)."""
+        if self._lines is None:
+            self.save()
+            request = self._http.build_request("GET", "/stream", params=self.core.params(None), headers=self.headers())
+            try:
+                response = self._http.send(request, stream=True)
+            except (httpx.TransportError, RuntimeError):
+                return 0.0 if self._closed.is_set() else self.core.failed()
+            if response.status_code != 200:
+                response.read()
+                response.close()
+                return self.take(response)
+            self.parser = FrameParser()
+            self._stream, self._lines = response, response.iter_lines()
+        try:
+            for line in self._lines:
+                ready = self.on_line(line)
+                if ready:
+                    return 0.0
+                if ready is False:
+                    break
+        except (httpx.TransportError, httpx.StreamError, RuntimeError):
+            pass
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = self._lines = None
+        return 0.0 if self._closed.is_set() else self.core.failed()
+
     def _poll(self) -> float:
+        self.save()
         try:
             reply = self._http.get("/register", params=self.core.params(self.poll_timeout_s), headers=self.headers())
         except (httpx.TransportError, RuntimeError):  # RuntimeError: closed by close() meanwhile
@@ -146,8 +209,11 @@ class AsyncSubscriber(_Base):
     def __init__(self, url: str, channels: str | Iterable[str], token: str | Callable[[], str] | None = None,
                  cursor: str | None = None, *, on_gap: Callable[[Gap], None] | None = None,
                  cursor_store: str | os.PathLike[str] | CursorStore | None = None,
-                 poll_timeout_s: float | None = None, backoff: Backoff | None = None) -> None:
-        super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff)
+                 poll_timeout_s: float | None = None, backoff: Backoff | None = None,
+                 transport: str = "longpoll") -> None:
+        super().__init__(url, channels, token, cursor, on_gap, cursor_store, poll_timeout_s, backoff, transport)
+        self._stream: httpx.Response | None = None
+        self._lines: AsyncIterator[str] | None = None
         self._http = httpx.AsyncClient(base_url=self.url, timeout=self.read_timeout, verify=compat.ssl_context())
         self._closed = asyncio.Event()
 
@@ -159,8 +225,7 @@ class AsyncSubscriber(_Base):
             item = self.next_item()
             if item is not None:
                 return item
-            self.save()
-            delay = await self._poll()
+            delay = await (self._read_stream() if self.sse else self._poll())
             if delay > 0 and not self._closed.is_set():
                 try:
                     await asyncio.wait_for(self._closed.wait(), delay)
@@ -168,7 +233,37 @@ class AsyncSubscriber(_Base):
                     pass
         raise StopAsyncIteration
 
+    async def _read_stream(self) -> float:
+        """:meth:`Subscriber._read_stream`, awaited."""
+        if self._lines is None:
+            self.save()
+            request = self._http.build_request("GET", "/stream", params=self.core.params(None), headers=self.headers())
+            try:
+                response = await self._http.send(request, stream=True)
+            except (httpx.TransportError, RuntimeError):
+                return 0.0 if self._closed.is_set() else self.core.failed()
+            if response.status_code != 200:
+                await response.aread()
+                await response.aclose()
+                return self.take(response)
+            self.parser = FrameParser()
+            self._stream, self._lines = response, response.aiter_lines()
+        try:
+            async for line in self._lines:
+                ready = self.on_line(line)
+                if ready:
+                    return 0.0
+                if ready is False:
+                    break
+        except (httpx.TransportError, httpx.StreamError, RuntimeError):
+            pass
+        if self._stream is not None:
+            await self._stream.aclose()
+        self._stream = self._lines = None
+        return 0.0 if self._closed.is_set() else self.core.failed()
+
     async def _poll(self) -> float:
+        self.save()
         try:
             reply = await self._http.get("/register", params=self.core.params(self.poll_timeout_s),
                                          headers=self.headers())
