@@ -95,7 +95,7 @@ def split_cursor(cursor: str | None) -> tuple[str, dict[str, int]] | None:
     if not cursor:
         return None
     parts = cursor.split(SEP)
-    if len(parts) % 2 == 0 or not all(p.isdigit() for p in parts[2::2]):
+    if len(parts) < 3 or len(parts) % 2 == 0 or not all(p.isascii() and p.isdigit() for p in parts[2::2]):
         return None
     return parts[0], {parts[i]: int(parts[i + 1]) for i in range(1, len(parts), 2)}
 
