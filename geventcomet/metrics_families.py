@@ -49,6 +49,8 @@ LABELLED = (
      tuple(metrics_record.REFUSALS)),
     ("misbehaviour", "geventcomet_client_misbehaviour_total", "kind",
      "Client misbehaviour noted, by kind (a fixed set of kinds).", ()),
+    ("bayeux", "geventcomet_bayeux_operations_total", "kind",
+     "The Bayeux transport's counters: handshakes, connects, delivered (events), published, gaps, ...", ()),
 )
 #: (key in ``gauges``, series name, help)
 GAUGES = (

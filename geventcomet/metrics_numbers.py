@@ -80,7 +80,10 @@ def read_numbers(service: CometService, *, probe_backend: bool = True) -> Number
                      "gc_seconds": stats.gc_s, "accept_pauses": stats.accept_pauses,
                      **metrics_record.COUNTS},
         "labelled": {"refusals": dict(metrics_record.REFUSALS),
-                     "misbehaviour": dict(misbehaviour.clients.counts)},
+                     "misbehaviour": dict(misbehaviour.clients.counts),
+                     # the Bayeux transport's own counters (a fixed set: its stats dataclass)
+                     "bayeux": {kind: number(value) for kind, value in (extra.get("bayeux") or {}).items()
+                                if kind != "sessions"}},
         "histograms": {name: {"counts": list(h.counts), "sum": h.total}
                        for name, h in metrics_record.HISTOGRAMS.items()},
         "gauges": gauges,

@@ -31,6 +31,7 @@ def test_a_scrape_has_every_series_named_in_the_docs_and_parses_strictly(server)
     assert value(samples, "geventcomet_process_resident_memory_bytes") > 10_000_000
     assert value(samples, "geventcomet_process_open_fds") > 3
     assert not any(dict(labels).get("channel") for _, labels in samples)  # no per-channel series
+    assert value(samples, "geventcomet_bayeux_operations_total", kind="handshakes") == 0  # Bayeux's own
     documented = open("docs/metrics.md", encoding="utf-8").read()
     assert all(name.removesuffix("_total") in documented for _, name, *_ in (*COUNTERS, *GAUGES, *LABELLED))
 
