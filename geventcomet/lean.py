@@ -79,7 +79,9 @@ class LeanRequests:
         if request.rest:
             peer.unread(request.rest)  # pipelined: the next request starts there
         self.close_connection = request.close
-        self._write_reply(lean_environ(request, peer, self._close_after_reply))
+        environ = lean_environ(request, peer, self._close_after_reply)
+        del data, request  # a held poll keeps this frame: not the raw bytes nor the parsed head
+        self._write_reply(environ)
         return None if self.close_connection else True
 
     def _wait_for_bytes(self) -> bytes:

@@ -30,7 +30,9 @@ class LongPoll:
         access = self.access
         sub = access.check_read(environ, req.channels, req.client) if access.active else None
         client, channels, positions = service.subscribe(req, sub)
-        result = service.wait(channels, positions, req.cursor.epoch, req.timeout_s,
+        epoch, timeout_s = req.cursor.epoch, req.timeout_s
+        del req, sub  # a held poll keeps this frame: not the parsed query
+        result = service.wait(channels, positions, epoch, timeout_s,
                               environ.get("geventcomet.socket") or environ.get("gunicorn.socket"))
         cursor = protocol.encode_cursor(result.epoch, result.positions)
         if result.shutting_down:
