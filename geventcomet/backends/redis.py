@@ -20,18 +20,14 @@ is lost for good (and redis-py reconnects and resubscribes without telling).
   (:mod:`.redis_listener`). Each message carries the channel, seq, epoch and encoded
   event to the channel's in-process tail (:mod:`.redis_tails`), which wakes local
   waiters, who mostly read that tail instead of Redis.
-- **No silent loss.** A tail is used only while it is contiguous and younger than
-  the age limit; anything else is read from the stream. When the listener loses
-  its connection every tail is dropped; after resubscribing every local channel is
-  woken: wake-ups may have been missed, and the waiters re-read Redis, where the
-  cursor and epoch decide.
-- **Client-id secret** (when ``--client-secret`` is empty): one key, set once (``SET NX``),
-  read by each process at start. Redis losing its data loses it too: processes started
-  after that agree on a new one, older ones keep the old (restart them, or configure it).
+- **No silent loss.** A tail is used only while contiguous and younger than the age limit,
+  else the stream is read. A listener that lost its connection drops every tail and, once
+  resubscribed, wakes every local channel: its waiters re-read Redis (cursor and epoch decide).
+- **Client-id secret** (no ``--client-secret``): one key, set once (``SET NX``), read at start;
+  lost with Redis's data: later processes agree on a new one (restart, or configure it).
 - **Registrations** (:mod:`.redis_registrations`): one sorted set scored by expiry time.
-- **Bounds.** A new client past ``max_clients_total`` and a new Idempotency-Key while
-  ``max_idempotency_keys`` are remembered are refused (exact counts:
-  :mod:`.redis_scripts`) with a :class:`~geventcomet.errors.LimitReached` (503).
+- **Bounds.** A new client past ``max_clients_total``, a new Idempotency-Key while
+  ``max_idempotency_keys`` are remembered: :class:`~geventcomet.errors.LimitReached` (503).
   Streams are bounded by count and age, and Redis by its ``maxmemory``.
 - **Polls never queue for a pooled connection of their own**: their Redis calls go
   through :class:`~.redis_batch.Batcher`, a few pipelines for many polls; each read is
@@ -133,7 +129,7 @@ class RedisBackend(Backend):
             self._kept_client_secret = self._set_once(scripts.CLIENT_SECRET_KEY, secrets.token_urlsafe(32))
             return self._set_once(scripts.EPOCH_KEY, secrets.token_hex(4)).decode()
         except redis.RedisError as exc:
-            self._disconnect()
+            self._pools.disconnect()
             raise BackendError(f"cannot reach Redis at {self._url}: {exc}") from None
 
     def _set_once(self, key: str, fresh: str) -> bytes:
@@ -294,7 +290,4 @@ class RedisBackend(Backend):
     def close(self) -> None:
         self._closing = True
         self._listener.close()
-        self._disconnect()
-
-    def _disconnect(self) -> None:
         self._pools.disconnect()
