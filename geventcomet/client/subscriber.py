@@ -7,9 +7,8 @@ with ``cursor_store`` it is saved before each poll and at ``close()``, and a new
 subscriber given the same store resumes there (at-least-once: after a crash, at most
 the events of the reply being handed out come again).
 
-Reconnecting never ends by itself: connection errors, timeouts and 503s are retried
-with full-jitter backoff, honouring ``Retry-After`` (a stopping server's ``reconnect``
-reply says when). The poll is one keep-alive ``httpx`` connection.
+Reconnecting never ends by itself: connection errors, timeouts and 503s are retried with
+full-jitter backoff, honouring ``Retry-After``. The poll is one keep-alive ``httpx`` connection.
 
 ``transport="sse"`` reads ``GET /stream`` instead (:mod:`.sse`): one long response, each
 event with its cursor. The cursor store is then saved when the stream opens, at most once
@@ -35,8 +34,7 @@ from .policy import SubscriberCore
 from .sse import FrameParser
 
 Item = Union[Event, Gap]
-#: Seconds a reply may take beyond the poll's own timeout before the poll counts as failed
-#: (an SSE stream's heartbeat comes every 15 s: a 40 s silence is a dead stream too).
+#: Seconds a reply may take beyond the poll's timeout (SSE: beyond the 25 s; heartbeats every 15 s).
 READ_SLACK_S = 15.0
 #: Seconds between saves of the cursor store while an SSE stream hands out events.
 SSE_SAVE_EVERY_S = 1.0
@@ -52,7 +50,7 @@ class _Base:
                  backoff: Backoff | None, transport: str) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
-        self.sse = transport == "sse"
+        self.sse, self.stopped = transport == "sse", False
         self.parser = FrameParser()
         self.saved_at = 0.0
         self.url = url.rstrip("/")
@@ -71,6 +69,11 @@ class _Base:
     def cursor(self) -> str | None:
         """The position just after the last item handed out (pass it as ``cursor=`` to resume)."""
         return self.core.cursor
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self.stopped
 
     @property
     def client(self) -> str | None:
@@ -109,6 +112,15 @@ class _Base:
                 continue
             return item
         return None
+
+    def _failed(self, exc: Exception) -> float:
+        """After a request failed: 0 if the subscriber was closed meanwhile (the iteration
+        ends), the backoff after a connection error or timeout; anything else is raised."""
+        if self.closed:
+            return 0.0
+        if isinstance(exc, (httpx.TransportError, RuntimeError)):  # RuntimeError: a closed client
+            return self.core.failed()
+        raise exc
 
     def take(self, reply: httpx.Response) -> float:
         items, delay = self.core.after_reply(reply.status_code, reply.headers.get("retry-after"), reply.content,
@@ -157,8 +169,8 @@ class Subscriber(_Base):
             request = self._http.build_request("GET", "/stream", params=self.core.params(None), headers=self.headers())
             try:
                 response = self._http.send(request, stream=True)
-            except (httpx.TransportError, RuntimeError):
-                return 0.0 if self._closed.is_set() else self.core.failed()
+            except Exception as exc:  # noqa: BLE001 (see _failed)
+                return self._failed(exc)
             if response.status_code != 200:
                 response.read()
                 response.close()
@@ -183,14 +195,15 @@ class Subscriber(_Base):
         self.save()
         try:
             reply = self._http.get("/register", params=self.core.params(self.poll_timeout_s), headers=self.headers())
-        except (httpx.TransportError, RuntimeError):  # RuntimeError: closed by close() meanwhile
-            return 0.0 if self._closed.is_set() else self.core.failed()
+        except Exception as exc:  # noqa: BLE001 (whatever a close() from elsewhere made the poll raise)
+            return self._failed(exc)
         return self.take(reply)
 
     def close(self) -> None:
         """Stop: save the cursor (with a store) and close the connection."""
-        if self._closed.is_set():
+        if self.stopped:
             return
+        self.stopped = True
         self._closed.set()
         self.save()
         self._http.close()
@@ -240,8 +253,8 @@ class AsyncSubscriber(_Base):
             request = self._http.build_request("GET", "/stream", params=self.core.params(None), headers=self.headers())
             try:
                 response = await self._http.send(request, stream=True)
-            except (httpx.TransportError, RuntimeError):
-                return 0.0 if self._closed.is_set() else self.core.failed()
+            except Exception as exc:  # noqa: BLE001 (see _failed)
+                return self._failed(exc)
             if response.status_code != 200:
                 await response.aread()
                 await response.aclose()
@@ -267,14 +280,15 @@ class AsyncSubscriber(_Base):
         try:
             reply = await self._http.get("/register", params=self.core.params(self.poll_timeout_s),
                                          headers=self.headers())
-        except (httpx.TransportError, RuntimeError):
-            return 0.0 if self._closed.is_set() else self.core.failed()
+        except Exception as exc:  # noqa: BLE001 (whatever a close() from elsewhere made the poll raise)
+            return self._failed(exc)
         return self.take(reply)
 
     async def close(self) -> None:
         """Stop: save the cursor (with a store) and close the connection."""
-        if self._closed.is_set():
+        if self.stopped:
             return
+        self.stopped = True
         self._closed.set()
         self.save()
         await self._http.aclose()
