@@ -1,6 +1,8 @@
 """geventcomet and a minimal aiohttp long-poll server, side by side, interleaved (issue 15).
 
-One command, bounded (about 7-9 minutes with the defaults on the 2-core machine)::
+One command, bounded in time: about 9 minutes with the defaults on the quiet 2-core machine
+(on the shared machine at load average 12, two rounds took 12.5 minutes); no step starts
+after ``--max-minutes`` (default 12), so a slow machine gives fewer rounds, not a longer run::
 
     python bench/side_by_side.py                           # rounds 3, sizes 1000,5000,15000
     python bench/side_by_side.py --rounds 1 --sizes 1000   # a quick look (~40 s)
