@@ -3,6 +3,7 @@
     python bench/topology.py chaos  --clients 2000 --procs 4 [--min-replicas 1]
     python bench/topology.py cycle  --clients 300 --duration 6 --repeat 3
     python bench/topology.py fanout --clients 20000 --procs 4
+    python bench/topology.py wait-cost --clients 500 --repeat 3
 
 The topology is tests/topology_chaos.py's: a Redis master, a replica and three sentinels,
 three ``geventcomet serve --workers 2`` nodes, nginx round robin in front.
@@ -17,6 +18,7 @@ three ``geventcomet serve --workers 2`` nodes, nginx round robin in front.
   accepted) through nginx over the three nodes, and straight to one node; interleaved.
 - ``fanout``: one notify to ``--clients`` clients on one channel spread by nginx over the
   three nodes; the time to the last arrival.
+- ``wait-cost``: what ``--redis-min-replicas 1`` adds to a notify's latency (one node).
 Every run is bounded in count and time.
 """
 from __future__ import annotations
@@ -36,13 +38,14 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
+import requests  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from loadclient import run  # noqa: E402
 from tests.topology_chaos import LONG_FAULTS, Topology, run_faults  # noqa: E402
 from tests.topology_clients import Notifier, Subscriber, caught_up, channel_of, verdict  # noqa: E402
-from tests.topology_fixtures import wait_for  # noqa: E402
+from tests.topology_fixtures import Node, SentinelGroup, wait_for  # noqa: E402
 
 PROBES, CHANNELS = 100, 20
 
@@ -153,6 +156,34 @@ def fanout(args: argparse.Namespace) -> dict:
             **{f"{p}_ms": report["latency_ms_by_seq"].get("1", {}).get(p) for p in ("p50", "p99", "max")}}
 
 
+def wait_cost(args: argparse.Namespace) -> list[dict]:
+    """Notify latency on one node (1 worker) with and without --redis-min-replicas 1, interleaved:
+    ``--clients`` sequential notifies each (no pollers), the median and p99."""
+    results = []
+    for _ in range(args.repeat):
+        for replicas in (0, 1):
+            group = SentinelGroup(Path(tempfile.mkdtemp(prefix="topology-")), min_replicas_to_write=replicas)
+            node = Node(group.url, 1, ("--redis-min-replicas", str(replicas)) if replicas else ())
+            try:
+                group.start()
+                node.start()
+                http, took = requests.Session(), []
+                for n in range(args.clients):
+                    started = time.perf_counter()
+                    reply = http.post(node.url + "/notify", json={"channel": "c", "data": n}, timeout=10)
+                    took.append(time.perf_counter() - started)
+                    assert reply.status_code == 200, reply.text
+                took.sort()
+                results.append({"min_replicas": replicas, "notifies": len(took),
+                                "p50_ms": round(took[len(took) // 2] * 1000, 2),
+                                "p99_ms": round(took[int(len(took) * 0.99)] * 1000, 2)})
+                print(json.dumps(results[-1]), file=sys.stderr)
+            finally:
+                node.stop()
+                group.stop()
+    return results
+
+
 def main() -> None:
     if sys.argv[1:2] == ["clients"]:  # one of chaos's client processes
         inner = argparse.ArgumentParser()
@@ -163,7 +194,7 @@ def main() -> None:
         clients_process(inner.parse_args(sys.argv[2:]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["chaos", "cycle", "fanout"])
+    parser.add_argument("what", choices=["chaos", "cycle", "fanout", "wait-cost"])
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--rate", type=float, default=20, help="chaos: notifies/s")
@@ -173,7 +204,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="cycle: pairs of runs")
     parser.add_argument("--ramp", type=float, default=0, help="fanout: clients started per second (0: at once)")
     args = parser.parse_args()
-    result = {"chaos": chaos, "cycle": cycle, "fanout": fanout}[args.what](args)
+    result = {"chaos": chaos, "cycle": cycle, "fanout": fanout, "wait-cost": wait_cost}[args.what](args)
     print(json.dumps(result, indent=1))
 
 
