@@ -7,6 +7,8 @@ Sub-commands (each result is one JSON line on stdout):
 - ``subscribe``: ``--subscribers`` ``AsyncSubscriber`` in ONE process under ``asyncio.run``,
   while another process publishes batches (``publish_many``); events handed out per second
   in the subscribers' process. Bar: 5,000/s.
+- ``layers``: the client CPU of one publish through each HTTP layer (``Publisher``, httpx's
+  client and transport, httpcore, the standard library's ``http.client``), same server.
 - ``chaos``: the steady-stream tests of ``tests/test_client_resilience.py`` (a SQLite server
   restart, a Redis restart, workers killed under ``--workers 3``) with ``--count`` events
   (10,000 by default) instead of the tests' short run.
@@ -47,8 +49,14 @@ with Publisher(url) as publisher:
     for n in range(count):
         publisher.publish("bench", n)
     elapsed, cpu_used = time.perf_counter() - started, cpu() - cpu_started
+    batches = max(1, count // 100)
+    batch_started = time.perf_counter()
+    for b in range(batches):  # the same events 100 at a time (publish_many): events/s
+        publisher.publish_many([("batch", n) for n in range(100)])
+    batch_elapsed = time.perf_counter() - batch_started
 print(json.dumps({"flavour": "blocking", "publishes": count, "per_s": round(count / elapsed),
-                  "client_cpu_us_per_publish": round(cpu_used / count * 1e6)}))
+                  "client_cpu_us_per_publish": round(cpu_used / count * 1e6),
+                  "batched_events_per_s": round(batches * 100 / batch_elapsed)}))
 """
 
 PUBLISH_ASYNC = """
@@ -108,6 +116,41 @@ url, events, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with Publisher(url) as publisher:
     for start in range(0, events, batch):
         publisher.publish_many([("bench", {"n": n, "pad": "x" * 40}) for n in range(start, min(events, start + batch))])
+"""
+
+
+LAYERS = """
+import http.client, json, resource, sys, time
+import httpcore, httpx
+from geventcomet.client import Publisher
+url, count = sys.argv[1], int(sys.argv[2])
+host, port = url[len("http://"):].split(":")
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+body = b'{"channel":"layers","data":1}'
+head = {"Content-Type": "application/json"}
+publisher, client, transport = Publisher(url), httpx.Client(base_url=url), httpx.HTTPTransport()
+pool, conn = httpcore.ConnectionPool(), http.client.HTTPConnection(host, int(port))
+
+def stdlib(key):
+    conn.request("POST", "/notify", body=body, headers={**head, "Idempotency-Key": key})
+    conn.getresponse().read()
+
+layers = {
+    "Publisher.publish": lambda key: publisher.publish("layers", 1, idempotency_key=key),
+    "httpx.Client.post": lambda key: client.post("/notify", content=body, headers={**head, "Idempotency-Key": key}),
+    "httpx.HTTPTransport": lambda key: transport.handle_request(httpx.Request(
+        "POST", url + "/notify", content=body, headers={**head, "Idempotency-Key": key})).read(),
+    "httpcore.ConnectionPool": lambda key: pool.request(
+        "POST", url + "/notify", content=body, headers={**head, "Idempotency-Key": key}).content,
+    "http.client": stdlib,
+}
+for name, send in layers.items():
+    for n in range(100):
+        send(f"{name}-warm-{n}")
+    started = cpu()
+    for n in range(count):
+        send(f"{name}-{n}")
+    print(json.dumps({"layer": name, "client_cpu_us_per_request": round((cpu() - started) / count * 1e6)}))
 """
 
 
@@ -184,6 +227,8 @@ def main() -> int:
     subscribe.add_argument("--subscribers", type=int, default=20)
     subscribe.add_argument("--events", type=int, default=5000, help="events each subscriber receives")
     subscribe.add_argument("--batch", type=int, default=100, help="events per publish_many")
+    layers = commands.add_parser("layers", help="client CPU per request of each HTTP layer")
+    layers.add_argument("--count", type=int, default=2000)
     chaos_command = commands.add_parser("chaos")
     chaos_command.add_argument("--count", type=int, default=10_000)
     args = parser.parse_args()
@@ -194,6 +239,13 @@ def main() -> int:
     elif args.command == "subscribe":
         summary(f"subscribe x{args.subscribers}", bench_subscribe(args.runs, args.subscribers, args.events,
                                                                  args.batch))
+    elif args.command == "layers":
+        server = ServerProcess()
+        try:
+            proc = child(LAYERS, server.url, args.count, stdout=None)
+            proc.wait(600)
+        finally:
+            server.stop()
     else:
         return chaos(args.count)
     return 0
