@@ -57,9 +57,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--notify-count", type=int, default=None, help="stop after this many events (default: no bound)")
     add("--notify-connections", type=int, default=8,
         help="notify connections in parallel, each owning a share of the channels (default: %(default)s)")
-    add("--notify-pipeline", type=int, default=64,
+    add("--notify-pipeline", type=int, default=1,
         help="notifies one connection may send before reading their replies (HTTP/1.1 pipelining; "
-             "a channel's notifies still arrive in order; 1: one at a time) (default: %(default)s)")
+             "a channel's notifies still arrive in order unless one is refused while later ones are "
+             "stored, which the run then counts as lost; 1: one at a time) (default: %(default)s)")
     add("--accept-short", action="store_true",
         help="exit 0 even if under 90%% of the events asked were published (default: exit 3, SHORT)")
     add("--poll-timeout", type=float, default=20.0, help="timeout each poll asks for, s (default: %(default)s)")

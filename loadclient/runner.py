@@ -58,7 +58,7 @@ class Options:
     notify_connections: int = 8
     #: notifies one connection may send before reading their replies, in paced mode (1: one at
     #: a time; see :data:`~loadclient.notifier.PIPELINE`)
-    notify_pipeline: int = 64
+    notify_pipeline: int = 1
     #: ``timeout`` each long-poll asks the server for, seconds
     poll_timeout: float = 20.0
     #: pause after each reply before polling again, seconds (0: at once, as a script would)
