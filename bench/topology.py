@@ -8,7 +8,7 @@
 The topology is tests/topology_chaos.py's: a Redis master, a replica and three sentinels,
 three ``geventcomet serve --workers 2`` nodes, nginx round robin in front.
 
-- ``chaos``: ``--clients`` long-poll clients through nginx (tests/topology_clients.py), 100
+- ``chaos``: ``--clients`` clients (one in ten on SSE) through nginx (tests/topology_clients.py), 100
   of them in this process (they tell when delivery has resumed after a fault), the rest in
   ``--procs`` processes; steady notifies with Idempotency-Keys. In turn: kill -9 of a
   node's worker, SIGTERM of a node and its restart, SIGHUP of a node, SENTINEL FAILOVER,
@@ -44,7 +44,7 @@ from gevent.event import Event  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from loadclient import run  # noqa: E402
 from tests.topology_chaos import LONG_FAULTS, Topology, run_faults  # noqa: E402
-from tests.topology_clients import Notifier, Subscriber, caught_up, channel_of, verdict  # noqa: E402
+from tests.topology_clients import Notifier, Subscriber, caught_up, make_subscriber, verdict  # noqa: E402
 from tests.topology_fixtures import Node, SentinelGroup, wait_for  # noqa: E402
 
 PROBES, CHANNELS = 100, 20
@@ -52,7 +52,7 @@ PROBES, CHANNELS = 100, 20
 
 def clients_process(args: argparse.Namespace) -> None:
     """``--count`` subscribers; on SIGTERM, catch up with the acknowledged notifies in --final, dump, exit."""
-    subscribers = [Subscriber(args.url, channel_of(args.offset + i, CHANNELS)) for i in range(args.count)]
+    subscribers = [make_subscriber(args.url, args.offset + i, CHANNELS) for i in range(args.count)]
     stop, finish = Event(), Event()
     gevent.signal_handler(signal.SIGTERM, finish.set)
     polls = [gevent.spawn(sub.run, stop) for sub in subscribers]
@@ -82,7 +82,7 @@ def chaos(args: argparse.Namespace) -> dict:
                 [sys.executable, __file__, "clients", "--url", topology.url, "--count", str(per_proc),
                  "--offset", str(PROBES + i * per_proc), "--out", str(workdir / f"clients-{i}.json"),
                  "--final", str(workdir / "acked.json")], stdout=subprocess.PIPE, text=True))
-        probes = [Subscriber(topology.url, channel_of(i, CHANNELS)) for i in range(PROBES)]
+        probes = [make_subscriber(topology.url, i, CHANNELS) for i in range(PROBES)]
         stop, notify_stop = Event(), Event()
         polls = [gevent.spawn(sub.run, stop) for sub in probes]
         with gevent.Timeout(180, AssertionError("client processes not ready")):

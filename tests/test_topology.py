@@ -1,7 +1,7 @@
 """Three nodes behind real nginx on Sentinel-managed Redis, through worker kills, drains, restarts, a failover.
 
-The short version of bench/topology.py: 300 clients long-poll through nginx (round robin,
-no sticky sessions) while notifies go through it at a steady rate with Idempotency-Keys;
+The short version of bench/topology.py: 300 clients long-poll (one in ten on SSE) through
+nginx (round robin, no sticky sessions) while notifies go through it at a steady rate with Idempotency-Keys;
 meanwhile, in turn, a node's worker is killed (-9), a node is drained (SIGTERM) and
 started again, a node is restarted worker by worker (SIGHUP) and Redis fails over
 (SENTINEL FAILOVER). Every acknowledged notify must reach every client of its channel
@@ -19,7 +19,7 @@ from geventcomet.backends import BACKENDS
 
 from .conftest import require_binary
 from .topology_chaos import SHORT_FAULTS, Topology, run_faults
-from .topology_clients import Notifier, Subscriber, caught_up, channel_of, verdict
+from .topology_clients import Notifier, caught_up, make_subscriber, verdict
 from .topology_fixtures import wait_for
 
 CLIENTS, CHANNELS, RATE = 300, 10, 10
@@ -48,7 +48,7 @@ def topology(tmp_path, request):
 
 @pytest.mark.parametrize("topology", [1], indirect=True, ids=["min-replicas-1"])
 def test_nothing_acknowledged_is_lost_through_the_faults(topology):
-    stop, subscribers = Event(), [Subscriber(topology.url, channel_of(i, CHANNELS)) for i in range(CLIENTS)]
+    stop, subscribers = Event(), [make_subscriber(topology.url, i, CHANNELS) for i in range(CLIENTS)]
     notifier = Notifier(topology.url, CHANNELS, RATE)
     polls = [gevent.spawn(sub.run, stop) for sub in subscribers]
     wait_for(lambda: all(sub.started_at for sub in subscribers), 30, "every client's first poll")
@@ -68,5 +68,6 @@ def test_nothing_acknowledged_is_lost_through_the_faults(topology):
     assert result["acked"] >= 40  # the faults take ~30 s; the 300 clients share this process
     assert result["lost"] == 0 and result["silently_lost"] == 0, result
     assert result["recovered_false"] == 0, result  # --redis-min-replicas 1
+    assert result["sse_clients"] == CLIENTS // 10
     assert result["out_of_order_or_repeated"] == 0 and result["duplicates_in_a_reply"] == 0, result
     assert result["worst_poll_overrun_s"] < POLL_OVERRUN_BOUND_S, result

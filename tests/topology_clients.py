@@ -4,6 +4,7 @@
   retrying every failure (502, 503, a cut connection) with the same cursor. It records each
   event it gets, ``recovered: false`` replies, duplicates within a reply, the longest time
   a poll took past its timeout, and the gaps between answered polls.
+- :class:`StreamSubscriber` does the same over Server-Sent Events (``GET /stream``).
 - :class:`Notifier` publishes ``{"n": k}`` to channel ``k % channels`` at a steady rate
   (one greenlet per channel, so each channel's notifies are acknowledged in order), each
   with its own Idempotency-Key, retrying 503s, 502s and cut connections until
@@ -12,6 +13,7 @@
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +37,7 @@ class Subscriber:
     statuses: dict = field(default_factory=dict)
     worst_overrun: float = 0.0  # longest poll past its timeout, s
     answered_at: list[float] = field(default_factory=list)
+    transport: str = "longpoll"
 
     def run(self, stop: gevent.event.Event) -> None:
         http = requests.Session()
@@ -76,6 +79,51 @@ class Subscriber:
         """The longest time without an answered poll between ``start`` and ``end``."""
         times = [start] + [t for t in self.answered_at if start < t < end] + [end]
         return max(b - a for a, b in zip(times, times[1:]))
+
+
+@dataclass
+class StreamSubscriber(Subscriber):
+    """The same checks over ``GET /stream`` (SSE): it resumes with ``last_event_id`` after any
+    failure, a ``reconnect`` frame or the end of the stream; every frame (heartbeats too) counts
+    as an answer for the gaps; a ``gap`` frame counts as ``recovered: false``."""
+
+    transport: str = "sse"
+
+    def run(self, stop: gevent.event.Event) -> None:
+        http = requests.Session()
+        self.cursor: str | None = None  # kept across a stream cut mid-read
+        while not stop.is_set():
+            params = {"channel": self.channel, **({"last_event_id": self.cursor} if self.cursor else {})}
+            try:
+                with http.get(self.url + "/stream", params=params, stream=True, timeout=(10, 60)) as reply:
+                    self.statuses[reply.status_code] = self.statuses.get(reply.status_code, 0) + 1
+                    if reply.status_code == 200:
+                        self._read(reply, stop)
+            except requests.RequestException:
+                self.statuses["error"] = self.statuses.get("error", 0) + 1
+            stop.wait(RETRY_PAUSE_S)
+
+    def _read(self, reply: requests.Response, stop: gevent.event.Event) -> None:
+        frame: dict[str, str] = {}
+        for line in reply.iter_lines(decode_unicode=True):
+            now = time.monotonic()
+            self.answered_at.append(now)
+            if line:
+                name, _, value = line.partition(":")
+                frame[name] = value.lstrip(" ")
+                continue
+            kind = frame.get("event", "message")
+            self.cursor = frame.get("id", self.cursor)
+            if kind == "hello" and not self.started_at:
+                self.started_at = now
+            elif kind == "gap":
+                self.unrecovered += 1
+            elif kind == "message" and "data" in frame:
+                self.got.append(json.loads(frame["data"])["data"]["n"])
+                self.got_at.append(now)
+            elif kind == "reconnect" or stop.is_set():
+                break
+            frame = {}
 
 
 def _json(reply: requests.Response) -> dict:
@@ -134,6 +182,12 @@ class Notifier:
         raise AssertionError(f"notify {n} not acknowledged within {deadline_s} s")
 
 
+def make_subscriber(url: str, index: int, channels: int, sse_every: int = 10) -> Subscriber:
+    """Client ``index``: on channel ``index % channels``, over SSE one time in ``sse_every``."""
+    kind = StreamSubscriber if sse_every and index % sse_every == 0 else Subscriber
+    return kind(url, channel_of(index, channels))
+
+
 def channel_of(n: int, channels: int) -> str:
     return f"chaos{n % channels}"
 
@@ -164,7 +218,8 @@ def verdict(subscribers: list[Subscriber], notifier: Notifier) -> dict:
     for sub in subscribers:
         for status, count in sub.statuses.items():
             statuses[str(status)] = statuses.get(str(status), 0) + count
-    return {"clients": len(subscribers), "acked": len(notifier.acked), "lost": lost, "silently_lost": silent,
+    return {"clients": len(subscribers), "sse_clients": sum(s.transport == "sse" for s in subscribers),
+            "acked": len(notifier.acked), "lost": lost, "silently_lost": silent,
             "out_of_order_or_repeated": out_of_order,
             "duplicates_in_a_reply": sum(s.duplicates for s in subscribers),
             "recovered_false": sum(s.unrecovered for s in subscribers),
