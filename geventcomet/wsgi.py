@@ -19,7 +19,7 @@ gives the hooks :func:`post_worker_init` and :func:`worker_int`, so that a worke
 stopped (``SIGTERM`` to the arbiter or the worker, a ``HUP`` reload, ``SIGINT``/``SIGQUIT``)
 answers every held poll at once with the reconnect reply carrying its cursor, as
 ``geventcomet serve`` does, instead of holding it until ``--graceful-timeout`` and then
-dropping the connection. Measured fact (gunicorn 23-27's gevent worker): ``SIGTERM`` only
+dropping the connection. Measured fact (gunicorn 27's gevent worker): ``SIGTERM`` only
 sets ``worker.alive = False``; the worker then stops accepting and waits up to
 ``--graceful-timeout`` for its connections to finish, and no hook runs before that wait,
 so the hook wraps the worker's ``SIGTERM`` handler. A worker recycled by
