@@ -157,8 +157,7 @@ class RedisBackend(Backend):
 
     def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
         """One script call for the whole batch (:mod:`.redis_publish_many`): all or nothing."""
-        encoded = [Encoded(channel, protocol.event_prefix(channel), event_suffix(data_json))
-                   for channel, data_json in events]
+        encoded = [Encoded(name, protocol.event_prefix(name), event_suffix(data)) for name, data in events]
         call = publish_many_args(self._settings, encoded, idempotency_key, self._script_now())
         reply = parse_reply(self._acknowledged(self._batch_publisher, call))
         if self._stored(reply.epoch, reply.outcome):
@@ -235,6 +234,7 @@ class RedisBackend(Backend):
 
     def _resync(self) -> None:
         log.info("Redis wake-up listener resubscribed: waking every local channel to re-read")
+        self._problem = None  # Redis answers again: a failure seen before is no reason to stay unready
         self._tails.drop_all()
         self._wake_all()
 
