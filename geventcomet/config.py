@@ -66,6 +66,8 @@ class Config:
     max_waiting: int = _opt(0, "most requests held at once (503 beyond); 0 = open-file limit - 300")
     worker_stall_timeout_s: float = _opt(10.0, "with --workers: a worker whose event loop has not "
                                                 "answered for this long is killed and replaced")
+    drain_delay_s: float = _opt(0.0, "on SIGTERM, answer /readyz 503 for this long while still serving, "
+                                     "then answer held requests (a load balancer stops sending first)")
     bayeux_session_ttl_s: float = _opt(60.0, "idle time after which a Bayeux session (a CometD or Faye "
                                               "client id) expires; its next message gets 402")
     redis_min_replicas: int = _opt(0, "Redis: answer a notify 200 only once this many replicas have it "

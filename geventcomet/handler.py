@@ -54,6 +54,7 @@ from .errors import ClientGone
 from .http_input import Headers, HeadersTooLarge, RequestBody
 from .http_rules import HeadError, check_head, parse_request_line
 from .lean import PYWSGI_PATH, LeanRequests
+from .metrics_record import count_refusal
 from .misbehaviour import note
 from .peer import BodyTimeout, HeaderTimeout, IdleTimeout, Peer, SlowReader
 from .replies import error_reply, http_date
@@ -159,6 +160,7 @@ class CometHandler(LeanRequests, WSGIHandler):
             self._set_reading(False)
         if isinstance(result, tuple):  # a refusal: send it here, where a gone client is no fault
             status, reply = result
+            count_refusal(int(status))
             if status == "414":
                 note("head-too-large", f"{self.client_address}: request line too long")
                 reply = RESPONSE_414

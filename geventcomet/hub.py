@@ -32,6 +32,8 @@ import gevent
 from gevent.event import Event
 from gevent.hub import Waiter
 
+from .metrics_record import observe_fanout
+
 
 class Reason(enum.Enum):
     """Why a parked request was switched to."""
@@ -179,12 +181,14 @@ class Hub:
         # Runs in the gevent hub, as Waiter.switch requires. A waiter that already left
         # (timed out in the same loop turn) just stores the value and is never read.
         # Each woken request runs until its reply is sent, then yields back here.
-        started = time.time() if len(waiters) >= FANOUT_MIN_WAITERS else 0.0
+        started = time.time()
         self.waking = True
         try:
             for waiter in waiters:
                 waiter.switch(reason)
         finally:
             self.waking = False
-        if started:
-            self.last_fanout = FanOut(len(waiters), started, time.time())
+        ended = time.time()
+        observe_fanout(ended - started)  # every wake: a bisect and two additions (metrics_record)
+        if len(waiters) >= FANOUT_MIN_WAITERS:
+            self.last_fanout = FanOut(len(waiters), started, ended)

@@ -8,7 +8,9 @@ path reaches it through the web layer's ``respond()`` like every other route.
 """
 from __future__ import annotations
 
-from . import protocol
+import time
+
+from . import metrics_record, protocol
 from .access import Access
 from .replies import JSON, Reply
 from .service import CometService
@@ -32,8 +34,10 @@ class LongPoll:
         client, channels, positions = service.subscribe(req, sub)
         epoch, timeout_s = req.cursor.epoch, req.timeout_s
         del req, sub  # a held poll keeps this frame: not the parsed query
+        held_since = time.monotonic()
         result = service.wait(channels, positions, epoch, timeout_s,
                               environ.get("geventcomet.socket") or environ.get("gunicorn.socket"))
+        metrics_record.observe_poll(time.monotonic() - held_since, result)  # hold time; a gap counted
         cursor = protocol.encode_cursor(result.epoch, result.positions)
         if result.shutting_down:
             body = protocol.json_reply({"error": "server is shutting down; poll again with this cursor",

@@ -38,6 +38,8 @@ from .config import Config
 from .errors import BackendError
 from .gctune import tune_gc
 from .handler import CometHandler
+from .metrics_port import serve_metrics_port
+from .metrics_record import count_refusal
 from .replies import error_reply
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,7 @@ class CometServer(WSGIServer):
         # A lingering close, bounded: closing with the client's request unread would send
         # a reset, which can destroy the reply before the client reads it.
         misbehaviour.note(kind)
+        count_refusal(503)
         try:
             sock.send(error_reply(503, message, retry_after_s=1))  # one try: a client this early has room for it
             sock.shutdown(socket.SHUT_WR)
@@ -262,6 +265,14 @@ def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str]
         ready.withdraw(ready_fd)
         server.app.close()
         return 1
+    try:
+        metrics_listener = serve_metrics_port(config, server.app.metrics.exposition)  # None without the flag
+    except OSError as exc:
+        log.error("cannot start: --metrics-port %d: %s", config.metrics_port, exc)
+        ready.withdraw(ready_fd)
+        server.stop()
+        server.app.close()
+        return 1
     log.info("geventcomet listening on http://%s:%d/ (max %d waiting requests)",
              server.server_host, server.server_port, server.app.max_waiting)
     ready.announce(ready_fd, server.server_host, server.server_port)
@@ -273,5 +284,7 @@ def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str]
         server.app.reconnect_after_s = 0
     log.info("stopping: answering %d held requests with reconnect", server.app.hub.waiting)
     server.stop_gracefully()
+    if metrics_listener is not None:
+        metrics_listener.stop(timeout=1)
     log.info("stopped")
     return 0

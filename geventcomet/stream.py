@@ -36,7 +36,7 @@ import random
 import socket
 from typing import Iterator
 
-from . import protocol
+from . import metrics_record, protocol
 from .access import Access
 from .errors import BackendError, ClientGone, CometError, Unavailable
 from .longpoll import PollResult
@@ -181,6 +181,8 @@ class StreamEndpoint:
                     # may never reach a heartbeat before the client TTL.
                     service.refresh(client)
                     service.stats.delivered += len(result.events)
+                    if not result.recovered:
+                        metrics_record.count_gap()
                     yield frame_batch(result, positions)
                 elif result.timeout and not first:  # the first read never waits
                     service.refresh(client)
