@@ -31,6 +31,9 @@ STATIC = {
     "/demo": ("demo.html", "text/html; charset=utf-8"),
     "/demo.js": ("demo.js", "application/javascript; charset=utf-8"),
     "/example": ("example.html", "text/html; charset=utf-8"),
+    "/bayeux.html": ("bayeux.html", "text/html; charset=utf-8"),
+    "/bayeux-faye.js": ("bayeux-faye.js", "application/javascript; charset=utf-8"),
+    "/bayeux-demo.js": ("bayeux-demo.js", "application/javascript; charset=utf-8"),
 }
 HTML = "text/html; charset=utf-8"
 #: Stands for the package's version in ``static/geventcomet.js``; replaced when served.

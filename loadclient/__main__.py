@@ -86,6 +86,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--progress", type=float, default=1.0,
         help="seconds between progress lines on stderr; 0 = none (default: %(default)s)")
     add("--json", dest="json_path", default=None, help="also write the report as JSON here (default: none)")
+    add("--bayeux", action="store_true",
+        help="fake Bayeux clients (handshake, subscribe, /meta/connect on /bayeux) instead of /register "
+             "long-polls; channels /lc-RUNID/K; one process only (default: off)")
     add("--interactive", "-i", action="store_true", help="console on stdin, see README (default: off)")
     add("--log-level", default="WARNING", type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level (default: %(default)s)")
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    fields = {k: v for k, v in vars(args).items() if k not in ("json_path", "interactive", "log_level")}
+    fields = {k: v for k, v in vars(args).items()
+              if k not in ("json_path", "interactive", "log_level", "bayeux")}
     if fields["source_ips"]:
         fields["source_ips"] = [a.strip() for a in fields["source_ips"].split(",") if a.strip()]
     try:
@@ -107,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             report: Report = Console(Options(**fields)).run()
         else:
             fields["duration"] = args.duration if args.duration is not None else 10.0
-            report = run(on_ready=lambda _run: settle(), **fields)  # this process is ours
+            go = run
+            if args.bayeux:
+                from .bayeux import run_bayeux as go
+            report = go(on_ready=lambda _run: settle(), **fields)  # this process is ours
     except ValueError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2

@@ -424,3 +424,13 @@ def test_pipelining_stops_against_a_server_that_closes_after_each_reply():
     # the events and the end marker, each once, in order (the batch that found the server closing
     # had made a few events ahead: they went out in later turns, in place of new ones)
     assert double.stored == list(range(1, report.events_sent + 2)) and report.events_sent >= 45
+
+
+def test_the_bayeux_flag_runs_bayeux_sessions_from_the_command_line(server):
+    """``--bayeux``: the same run and report over /bayeux (sessions counted by the server)."""
+    proc = _loadclient(server.url, "--bayeux", "--clients", "20", "--duration", "1", "--notify-rate", "20",
+                       "--channels", "2", "--progress", "0")
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout + stderr
+    assert "result             OK" in stdout and "lost               0" in stdout
+    assert server.app.service.snapshot()["bayeux"]["sessions"] >= 20
