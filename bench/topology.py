@@ -105,7 +105,8 @@ def chaos(args: argparse.Namespace) -> dict:
             proc.wait(120)
         stop.set()
         gevent.killall(polls, timeout=10)
-        everyone = probes + [Subscriber(**record) for i in range(args.procs)
+        known = set(Subscriber.__dataclass_fields__)
+        everyone = probes + [Subscriber(**{k: v for k, v in record.items() if k in known}) for i in range(args.procs)
                              for record in json.loads((workdir / f"clients-{i}.json").read_text())]
         for fault in faults:
             fault["worst_reconnect_gap_s"] = round(max(s.worst_gap(fault["started"], fault["recovered"])
