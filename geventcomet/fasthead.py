@@ -1,10 +1,11 @@
 """The lean path's request parser: one whole request in one buffer, or None (let pywsgi read it).
 
-Most of a Comet server's requests are ``GET /register`` polls and ``POST /notify``
-publishes over keep-alive HTTP/1.1, each arriving whole in one ``recv``. For those the
+Most of a Comet server's requests are ``GET /register`` polls, ``POST /notify``
+publishes and ``POST /bayeux`` batches (connects, mostly) over keep-alive HTTP/1.1,
+each arriving whole in one ``recv`` (a Bayeux batch with its Content-Length body). For those the
 handler (:mod:`geventcomet.handler`) skips pywsgi's line-by-line reader, its
 per-connection buffered reader and its environ: :func:`parse_request` takes the
-bytes of one ``recv``, and if they hold a whole head (and, for a notify, its whole
+bytes of one ``recv``, and if they hold a whole head (and, for a POST, its whole
 body) that passes every rule of :mod:`geventcomet.http_rules`, returns the request;
 the bytes after it (a pipelined request) are given back for the next read.
 
@@ -23,7 +24,8 @@ from .http_rules import HeadError, check_head, parse_header_line, parse_request_
 MAX_HEADER_LINES = 100
 #: A request line this long goes to pywsgi, which answers 414 (its MAX_REQUEST_LINE).
 MAX_REQUEST_LINE = 8192
-#: The (path, method) pairs the lean path serves; everything else takes pywsgi's path.
+#: The (path, method) pairs the lean path serves, besides :func:`is_bayeux_post`;
+#: everything else takes pywsgi's path.
 LEAN_ROUTES = frozenset({("/register", "GET"), ("/notify", "POST")})
 #: Headers pywsgi gives as CONTENT_TYPE and CONTENT_LENGTH, not HTTP_*.
 _NOT_HTTP = frozenset({"content-type", "content-length"})
@@ -52,7 +54,8 @@ def parse_request(data: bytes, max_header_bytes: int) -> LeanRequest | None:
     try:
         line = parse_request_line(data[:line_end + 2])
         path, _, query = line.target.partition("?")
-        if (path, line.method) not in LEAN_ROUTES or line.version != "HTTP/1.1":
+        if line.version != "HTTP/1.1" or ((path, line.method) not in LEAN_ROUTES
+                                           and not is_bayeux_post(line.method, path)):
             return None
         pairs = [parse_header_line(raw + b"\r\n") for raw in data[line_end + 2:end].split(b"\r\n")] \
             if end > line_end else []
@@ -72,6 +75,11 @@ def parse_request(data: bytes, max_header_bytes: int) -> LeanRequest | None:
         return None
     return LeanRequest(line.method, path, query, headers, data[body_start:body_start + length],
                        framing.close, data[body_start + length:])
+
+
+def is_bayeux_post(method: str, path: str) -> bool:
+    """A Bayeux batch: ``POST /bayeux`` or ``POST /bayeux/...`` (CometD posts to ``/bayeux/connect``)."""
+    return method == "POST" and (path == "/bayeux" or path.startswith("/bayeux/"))
 
 
 def lean_environ(request: LeanRequest, peer: object, abandon_body: object) -> dict[str, Any]:

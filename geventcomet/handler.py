@@ -21,8 +21,8 @@ and writes headers and body in two sends. This handler adds:
 - ``environ['geventcomet.socket']``: the connection's Peer, which a held request
   watches for a hang-up (pipelined bytes are kept for the next request), and
   ``environ['geventcomet.abandon_body']`` so a refused body is never read;
-- a lean path for ``GET /register`` and ``POST /notify`` over HTTP/1.1 (nearly all the
-  traffic): one ``recv`` of the whole request, parsed on the bytes by
+- a lean path for ``GET /register``, ``POST /notify`` and ``POST /bayeux[/*]`` over
+  HTTP/1.1 (nearly all the traffic): one ``recv`` of the whole request, parsed on the bytes by
   :mod:`geventcomet.fasthead` (the same :mod:`~geventcomet.http_rules`), the app's
   ``respond()`` (what its WSGI ``__call__`` calls too) called with a small environ and
   its reply written directly: no pywsgi line reader, environ, ``start_response`` or

@@ -153,3 +153,42 @@ def test_parked_lean_polls_hold_no_pywsgi_reader(server):
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.parametrize("path, taken", [("/bayeux", True), ("/bayeux/connect", True), ("/bayeuxx", False)])
+def test_a_whole_bayeux_batch_is_taken(path, taken):
+    body = b'[{"channel": "/meta/handshake", "version": "1.0"}]'
+    raw = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+           % (path.encode(), len(body)) + body)
+    request = parse_request(raw, 8192)
+    assert (request is not None) is taken
+    assert parse_request(raw.replace(b"POST", b"GET", 1), 8192) is None  # a GET (JSONP) takes pywsgi's
+    if taken:
+        env = lean_environ(request, None, lambda: None)
+        assert env["PATH_INFO"] == path and env["wsgi.input"].read() == body
+
+
+def test_parked_bayeux_connects_take_the_lean_path_and_are_woken(server):
+    from .bayeux_fixtures import Bayeux
+    sessions = [Bayeux(server.url) for _ in range(10)]
+    for session in sessions:
+        session.start("/lean/bx")
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in sessions]
+    try:
+        for session, sock in zip(sessions, socks):
+            body = json.dumps([session.message("/meta/connect", connectionType="long-polling",
+                                               advice={"timeout": 60_000})]).encode()
+            sock.sendall(b"POST /bayeux HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        server.wait_waiting(10)
+        ports = {sock.getsockname()[1] for sock in socks}
+        held = [h for h in live_handlers(server) if h.client_address[1] in ports]
+        assert len(held) == 10 and all(h.rfile is None for h in held)  # lean: no pywsgi reader made
+        assert Comet(server.url).notify("/lean/bx", "go")["woken"] >= 10
+        for sock in socks:
+            status, _, body = read_reply(sock)
+            replies = json.loads(body)
+            assert status == 200 and replies[0]["data"] == "go" and replies[-1]["successful"]
+    finally:
+        for sock in socks:
+            sock.close()
