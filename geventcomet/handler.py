@@ -56,7 +56,7 @@ from .http_rules import HeadError, check_head, parse_request_line
 from .lean import PYWSGI_PATH, LeanRequests
 from .metrics_record import count_refusal
 from .misbehaviour import note
-from .peer import BodyTimeout, HeaderTimeout, IdleTimeout, Peer, SlowReader
+from .peer import BodyTimeout, HeaderTimeout, IdleTimeout, Peer, PeerReader, SlowReader
 from .replies import error_reply, http_date
 
 #: Read buffer per connection. A request head is a few hundred bytes; pywsgi's
@@ -84,7 +84,7 @@ class CometHandler(LeanRequests, WSGIHandler):
         self._head_deadline = 0.0  # a head's deadline, kept when the lean path hands it on
         self._lean = not server.access_log_enabled and hasattr(server.application, "respond")
         if not self._lean:
-            self.rfile = io.BufferedReader(self.peer, RFILE_BUFFER_BYTES)
+            self.rfile = io.BufferedReader(PeerReader(self.peer), RFILE_BUFFER_BYTES)
         self._requests_served = 0
         if isinstance(address, tuple):  # TCP, not a Unix socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -149,7 +149,7 @@ class CometHandler(LeanRequests, WSGIHandler):
             outcome = self.lean_request()
             if outcome is not PYWSGI_PATH:
                 return outcome
-            self.rfile = io.BufferedReader(self.peer, RFILE_BUFFER_BYTES)
+            self.rfile = io.BufferedReader(PeerReader(self.peer), RFILE_BUFFER_BYTES)
         try:
             result = super().handle_one_request()
         except HeaderTimeout:  # raised while reading the request line

@@ -1,7 +1,11 @@
 """One client connection's socket, as the handler reads and writes it: deadlines, pipelined bytes.
 
-:class:`Peer` is the raw reader under the handler's small ``io.BufferedReader``
-(in place of ``sock.makefile``), and the object a held request watches:
+:class:`Peer` is the connection's reader and writer on the lean path, the raw reader
+(through :class:`PeerReader`) under the small ``io.BufferedReader`` the handler makes
+when a request takes pywsgi's path (in place of ``sock.makefile``), and the object a
+held request watches. It is a slotted plain object, not an ``io.RawIOBase``: every IO
+object carries a ``__dict__``, and a parked client holds its Peer for the whole wait
+(measured: ~350 bytes less per parked client, ``bench/RESULTS-perf.md``).
 
 - **Read deadlines.** :meth:`Peer.arm` sets an absolute deadline for every read
   until :meth:`Peer.disarm`: the head (``header_timeout_s``), the body
@@ -56,11 +60,12 @@ class SlowReader(TimeoutError):
     """A reply was not taken by the client within ``write_timeout_s``."""
 
 
-class Peer(io.RawIOBase):
+class Peer:
     """The client socket as a raw reader with deadlines and pushback; see the module docstring."""
 
+    __slots__ = ("sock", "address", "_raw", "_pending", "_deadline", "_expired", "broken")
+
     def __init__(self, sock: Any, address: Any = None) -> None:
-        super().__init__()
         self.sock = sock
         self.address = address
         # gevent's socket would wait on EWOULDBLOCK; the held-request check must never wait.
@@ -178,5 +183,25 @@ class Peer(io.RawIOBase):
 
     def close(self) -> None:
         """The reader is done; the socket is the handler's to close."""
-        super().close()
         self._pending = bytearray()
+
+
+class PeerReader(io.RawIOBase):
+    """A :class:`Peer` as the ``io.RawIOBase`` that ``io.BufferedReader`` reads (pywsgi's path)."""
+
+    def __init__(self, peer: Peer) -> None:
+        super().__init__()
+        self.peer = peer
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.peer.fileno()
+
+    def readinto(self, buffer: Any) -> int:
+        return self.peer.readinto(buffer)
+
+    def close(self) -> None:
+        super().close()
+        self.peer.close()
