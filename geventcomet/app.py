@@ -201,10 +201,8 @@ class CometApp:
         """``POST /notify`` with ``{"events": [...]}``: every event checked (names, data, the
         token's ``publish`` for each channel) before any is stored, then all stored or none."""
         reqs = [batch_request(index, fields) for index, fields in enumerate(batch)]
-        if not admin:
-            for req in reqs:
-                self.access.check_publish(claims, protocol.private_channel(req.client) if req.client
-                                          else str(req.channel))
+        for req in () if admin else reqs:
+            self.access.check_publish(claims, protocol.private_channel(req.client) if req.client else str(req.channel))
         sent = self.service.publish_many(reqs, environ.get("HTTP_IDEMPOTENCY_KEY") or None)
         return (200, protocol.json_bytes({"events": [{"channel": one.channel, "id": one.seq, "woken": one.woken}
                                                      for one in sent]}), JSON, ())
@@ -255,8 +253,7 @@ class CometApp:
 
 
 def batch_request(index: int, fields: notify_body.Fields) -> protocol.NotifyRequest:
-    """One event of a batch validated as :func:`protocol.parse_notify` validates a notify;
-    a mistake names the event (``events[3]: ...``)."""
+    """One event of a batch, validated as by :func:`protocol.parse_notify`; errors name it (``events[3]``)."""
     channel, client, data, _ = fields
     try:
         if (channel is None) == (client is None):

@@ -227,8 +227,7 @@ class CometService:
         return [Published(channel, seq, woken[channel]) for channel, seq in zip(channels, seqs)]
 
     def _targets(self, reqs: list[protocol.NotifyRequest], key: str | None) -> list[str]:
-        """Where notifies go: each its channel (or else its registered client's private one: 404
-        if not registered); 400 for an Idempotency-Key over :data:`MAX_IDEMPOTENCY_KEY_CHARS`."""
+        """Each notify's channel, or its client's private one (404 if not registered); 400 for a long key."""
         if key is not None and len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
             raise CometError(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         for client in (req.client for req in reqs if req.client is not None):
