@@ -3,7 +3,8 @@
 ``make_app(config)`` builds a :class:`~geventcomet.service.CometService` and
 returns a :class:`CometApp` over it: a plain WSGI callable that also runs under
 gunicorn's gevent worker. The routes are thin: the transports
-(:mod:`~geventcomet.poll`, :mod:`~geventcomet.stream`) and the pages
+(:mod:`~geventcomet.poll`, :mod:`~geventcomet.stream`, :mod:`~geventcomet.bayeux`),
+the publish route (:mod:`~geventcomet.notify`) and the pages
 (:mod:`~geventcomet.pages`) do the work. Client mistakes are
 :class:`~geventcomet.errors.CometError` and become a JSON ``{"error": ..}`` with
 their status; anything else is logged with its traceback and answered with a
@@ -13,21 +14,23 @@ from __future__ import annotations
 
 import logging
 from typing import Callable, Iterable
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
-from . import notify_body, pages, protocol, security
-from .access import ADMIN_COOKIE, Access
-from .auth import Claims, request_token
+from . import pages, protocol, security
+from .access import Access
 from .auth_hook import Authorize, load_authorizer
 from .backends import Backend, open_backend
 from .bayeux import BayeuxEndpoint
 from .config import Config
-from .errors import AuthRefused, BadRequest, ClientGone, CometError, Forbidden, MethodNotAllowed, NotFound
+from .counters import Stats
+from .errors import AuthRefused, ClientGone, CometError, Forbidden, MethodNotAllowed, NotFound
 from .hub import Hub
 from .metrics import MetricsEndpoint
+from .metrics_record import count_refusal
+from .notify import NotifyEndpoint
 from .poll import LongPoll
 from .replies import JSON, Headers, Reply, Streamed, status_line
-from .service import CometService, Stats
+from .service import CometService
 from .stream import StreamEndpoint
 
 __all__ = ["CometApp", "Reply", "Stats", "make_app"]
@@ -35,7 +38,7 @@ __all__ = ["CometApp", "Reply", "Stats", "make_app"]
 log = logging.getLogger(__name__)
 
 Route = Callable[[dict], "Reply | Streamed"]
-_CORS_ALLOW_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID"
+_CORS_ALLOW_HEADERS = "Content-Type, Authorization, Idempotency-Key, Last-Event-ID, Pragma"
 
 
 class CometApp:
@@ -64,11 +67,12 @@ class CometApp:
         self.stream = StreamEndpoint(service, access=self.access)
         self.bayeux = BayeuxEndpoint(service, self.access)
         self.metrics = MetricsEndpoint(service, self.access)
+        self.publish = NotifyEndpoint(service, self.access)
         self.routes: dict[str, dict[str, Route]] = {
             "/": {"GET": self.index},
             "/register": {"GET": self.poll.register},
             "/stream": {"GET": self.stream.open_stream},
-            "/notify": {"GET": self.notify_page, "POST": self.notify},
+            "/notify": {"GET": self.notify_page, "POST": self.publish.notify},
             "/stats": {"GET": self.stats_json},
             "/healthz": {"GET": self.healthz},
             "/readyz": {"GET": self.readyz},
@@ -86,7 +90,8 @@ class CometApp:
         self.service.reconnect_after_s = seconds
 
     def close(self) -> None:
-        """Stop the service (housekeeping, backend)."""
+        """Stop the transports' housekeeping, then the service (housekeeping, backend)."""
+        self.bayeux.close()
         self.service.close()
 
     # -- entry points ------------------------------------------------------
@@ -132,15 +137,18 @@ class CometApp:
                 allow = ", ".join(sorted(methods))
                 raise MethodNotAllowed(f"{method} is not allowed here; use {allow}", headers=(("Allow", allow),))
         except AuthRefused as exc:
-            reply = (exc.status, protocol.json_bytes({"error": exc.message, "auth": exc.kind}), JSON, exc.headers)
+            count_refusal(exc.status)
+            reply = (exc.status, protocol.json_reply({"error": exc.message, "auth": exc.kind}), JSON, exc.headers)
         except CometError as exc:
-            reply = (exc.status, protocol.json_bytes({"error": exc.message}), JSON, exc.headers)
+            count_refusal(exc.status)
+            reply = (exc.status, protocol.json_reply({"error": exc.message}), JSON, exc.headers)
         except ClientGone:
             self.service.stats.disconnects += 1
             raise  # the handler closes the connection without writing
         except Exception:
             log.exception("error handling %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            reply = (500, b'{"error": "internal server error"}', JSON, ())
+            count_refusal(500)
+            reply = (500, b'{"error": "internal server error"}\n', JSON, ())
         if isinstance(reply, Streamed):
             return Streamed(reply.content_type, (*reply.headers, *cors, *self.extra_headers, *security.NOSNIFF),
                             reply.body)
@@ -154,58 +162,15 @@ class CometApp:
                                               environ.get("HTTP_X_FORWARDED_PROTO")):
             return ()  # not a cross-origin request: scheme, host and port all match
         if origin in self._origins or "*" in self._origins:
+            if environ.get("PATH_INFO", "").startswith("/bayeux"):
+                # Faye's cross-origin transport sends credentials (XHR withCredentials); /bayeux
+                # reads no cookie (its token travels in the handshake's ext), so allowing them is safe.
+                return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                        ("Access-Control-Allow-Credentials", "true"))
             return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
         raise Forbidden(f"origin {origin[:100]} is not allowed (see --cors-origins)")
 
     # -- routes ------------------------------------------------------------
-
-    def notify(self, environ: dict) -> Reply:
-        """``POST /notify``: the admin token (header, ``?token=``, form field or the page's
-        cookie) publishes anywhere; else a subscriber token's ``publish`` must cover the channel."""
-        abandon = environ.get("geventcomet.abandon_body", lambda: None)
-        access = self.access
-        try:
-            length = protocol.check_body_length(
-                environ.get("CONTENT_LENGTH"), environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked",
-                self.config.max_body_bytes)
-            token = request_token(environ)
-            admin = access.is_admin_token(token) or access.has_admin_cookie(environ)
-            # A token sent in the head is judged before the body is read.
-            claims = access.publisher(token) if token is not None and not admin else None
-        except CometError as exc:
-            raise _unread_body(exc, abandon) from None
-        body = environ["wsgi.input"].read(length)
-        batch = notify_body.decode_batch(environ.get("CONTENT_TYPE", ""), body, self.config.max_batch_events)
-        if batch is not None:
-            if not admin and token is None:
-                claims = access.publisher(None)  # 401 where a token is needed: a batch has no form field
-            return self._notify_batch(batch, environ, admin, claims)
-        req = protocol.parse_notify(environ.get("CONTENT_TYPE", ""), body)
-        form_admin = token is None and access.is_admin_token(req.token)
-        if not admin and not form_admin and token is None:
-            claims = access.publisher(req.token)
-        if not (admin or form_admin):
-            access.check_publish(claims, protocol.private_channel(req.client) if req.client else str(req.channel))
-        sent = self.service.publish(req, environ.get("HTTP_IDEMPOTENCY_KEY") or None)
-        if "text/html" in environ.get("HTTP_ACCEPT", ""):  # the Notify page's form
-            query = urlencode({"sent": sent.channel, "id": sent.seq, "woken": sent.woken})
-            headers: Headers = (("Location", f"/notify?{query}"),)
-            if form_admin:  # the page asked for the token once; the cookie keeps it
-                headers += (("Set-Cookie", f"{ADMIN_COOKIE}={access.admin_cookie}; Path=/; HttpOnly; "
-                                           "SameSite=Strict"),)
-            return (303, b"", "text/plain", headers)
-        return (200, protocol.json_bytes({"channel": sent.channel, "id": sent.seq, "woken": sent.woken}), JSON, ())
-
-    def _notify_batch(self, batch: list[notify_body.Fields], environ: dict, admin: bool,
-                      claims: Claims | None) -> Reply:
-        """``POST /notify`` with ``{"events": [...]}``: every event checked (names, data, the
-        token's ``publish`` for each channel) before any is stored, then all stored or none."""
-        reqs = [batch_request(index, fields) for index, fields in enumerate(batch)]
-        for req in () if admin else reqs:
-            self.access.check_publish(claims, protocol.private_channel(req.client) if req.client else str(req.channel))
-        sent = self.service.publish_many(reqs, environ.get("HTTP_IDEMPOTENCY_KEY") or None)
-        return (200, protocol.json_bytes({"events": [{"channel": one.channel, "id": one.seq, "woken": one.woken}
-                                                     for one in sent]}), JSON, ())
 
     def notify_page(self, environ: dict) -> Reply:
         """The Notify page; with an admin token configured it needs the token (or the cookie
@@ -234,37 +199,22 @@ class CometApp:
             timeout_s = protocol.parse_timeout(query.get("timeout", [None])[0], self.config.timeout_s,
                                                self.config.max_timeout_s)
             self.service.wait_for_waiting(int(value), timeout_s)
-        return (200, protocol.json_bytes(self.service.snapshot()), JSON, ())
+        return (200, protocol.json_reply(self.service.snapshot()), JSON, ())
 
     def healthz(self, environ: dict) -> Reply:
         """Liveness: the process's event loop answers."""
-        return (200, b'{"alive":true}', JSON, ())
+        return (200, b'{"alive":true}\n', JSON, ())
 
     def readyz(self, environ: dict) -> Reply:
         """Readiness: 503 with the reason while draining or while the backend is unhealthy
         (a SQLite writer that failed and is restarting, an unreachable Redis)."""
         reason = self.service.unready_reason()
         if reason is not None:
-            return (503, protocol.json_bytes({"ready": False, "reason": reason}), JSON, (("Retry-After", "1"),))
-        return (200, b'{"ready":true}', JSON, ())
+            return (503, protocol.json_reply({"ready": False, "reason": reason}), JSON, (("Retry-After", "1"),))
+        return (200, b'{"ready":true}\n', JSON, ())
 
     def index(self, environ: dict) -> Reply:
-        return (200, protocol.json_bytes({"name": "geventcomet", "endpoints": sorted(self.routes)}), JSON, ())
-
-
-def batch_request(index: int, fields: notify_body.Fields) -> protocol.NotifyRequest:
-    """One event of a batch, validated as by :func:`protocol.parse_notify`; errors name it (``events[3]``)."""
-    channel, client, data, _ = fields
-    try:
-        if (channel is None) == (client is None):
-            raise BadRequest("give exactly one of channel and client")
-        field, name = ("channel", channel) if channel is not None else ("client", client)
-        if not isinstance(name, str):
-            raise BadRequest(f"{field} must be a string")
-        protocol.validate_channel(name) if channel is not None else protocol.validate_client(name)
-        return protocol.NotifyRequest(channel, client, protocol.encode_json(data))
-    except BadRequest as exc:
-        raise BadRequest(f"events[{index}]: {exc.message}") from None
+        return (200, protocol.json_reply({"name": "geventcomet", "endpoints": sorted(self.routes)}), JSON, ())
 
 
 def _preflight(methods: dict[str, Route], cors: Headers) -> Reply:
@@ -272,13 +222,6 @@ def _preflight(methods: dict[str, Route], cors: Headers) -> Reply:
     return (204, b"", JSON, (("Allow", allow), *((("Access-Control-Allow-Methods", allow),
             ("Access-Control-Allow-Headers", _CORS_ALLOW_HEADERS),
             ("Access-Control-Max-Age", "600")) if cors else ())))
-
-
-def _unread_body(exc: CometError, abandon: Callable[[], None]) -> CometError:
-    """Refuse without reading the body: the connection closes after the reply."""
-    abandon()
-    exc.headers = (*exc.headers, ("Connection", "close"))
-    return exc
 
 
 def make_app(config: Config, backend: Backend | None = None, authorize: Authorize | None = None) -> CometApp:

@@ -22,8 +22,9 @@ import time
 from typing import Any, Callable, Iterable
 
 from . import metrics_record, misbehaviour
+from .counters import rss_bytes
 from .errors import BackendError
-from .service import CometService, rss_bytes
+from .service import CometService
 
 Numbers = dict[str, Any]
 

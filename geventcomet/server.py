@@ -280,8 +280,12 @@ def serve(config: Config, listener=None, *, extra_headers: tuple[tuple[str, str]
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop.set)
     stop.wait()
+    server.app.service.draining = True  # /readyz answers 503 before any held request is told to reconnect
     if handover is not None and handover.is_set():
         server.app.reconnect_after_s = 0
+    elif config.drain_delay_s:
+        log.info("draining: /readyz answers 503 for %.1f s while requests are still served", config.drain_delay_s)
+        gevent.sleep(config.drain_delay_s)  # the load balancer's probe sees 503 and stops sending meanwhile
     log.info("stopping: answering %d held requests with reconnect", server.app.hub.waiting)
     server.stop_gracefully()
     if metrics_listener is not None:

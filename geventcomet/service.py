@@ -12,19 +12,18 @@ failure is always :class:`~geventcomet.errors.Unavailable` (503), a bound of the
 from __future__ import annotations
 
 import logging
-import os
-import resource
 import socket
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, NamedTuple, cast
+from dataclasses import asdict
+from typing import Callable, Mapping, cast
 
 import gevent
 from gevent.event import Event
 
-from . import clientid, misbehaviour, protocol
+from . import clientid, metrics_record, misbehaviour, protocol
 from .backends import Backend
 from .config import FD_RESERVE, Config
+from .counters import Published, Stats, StreamCounts, fd_limit, rss_bytes
 from .errors import AuthRefused, BackendError, CometError, LimitReached, NotFound, Unavailable
 from .hub import Hub
 from .longpoll import PollResult, hold
@@ -42,40 +41,9 @@ MAX_COUNT_WATCHES = 8
 Subscription = tuple[str, tuple[str, ...], dict[str, "int | None"]]
 
 
-@dataclass(slots=True)
-class Stats:
-    """Counters since start, for ``GET /stats``."""
-
-    published: int = 0
-    delivered: int = 0  # events written to clients
-    polls: int = 0  # register replies sent
-    timeouts: int = 0
-    disconnects: int = 0
-    gc_collections: int = 0  # cyclic collections, and the seconds they took (server process only)
-    gc_s: float = 0.0
-    accept_pauses: int = 0  # times accepting paused because the process ran out of open files
-
-
-@dataclass(slots=True)
-class StreamCounts:
-    """Open streams (kept by the stream transport), for ``held`` and ``/stats``."""
-
-    open: int = 0
-    opened: int = 0  # since start
-    #: Open streams parked in the hub now: ``open - parked`` (writing) is what the hub misses.
-    parked: int = 0
-
-
-class Published(NamedTuple):
-    """Where a publish went: the channel, the event's id, and the requests it woke."""
-
-    channel: str
-    seq: int
-    woken: int
-
-
 def unavailable(exc: BackendError) -> Unavailable:
     """The 503 for a backend failure: a bound (freed as state ages out) says which one."""
+    metrics_record.count_backend_error()
     if isinstance(exc, LimitReached):
         return Unavailable(str(exc), retry_after_s=LIMIT_RETRY_S)
     return Unavailable(f"backend unavailable: {exc}")
@@ -85,18 +53,6 @@ def client_refused(reason: str) -> AuthRefused:
     """403 ``auth: "client"`` for a request claiming a client id it does not prove."""
     misbehaviour.note("unproven client id", reason)  # never the id: a minted one is a credential
     return AuthRefused("client", f"forbidden: {reason}")
-
-
-def fd_limit() -> int:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class CometService:
@@ -121,6 +77,11 @@ class CometService:
         #: More numbers for :meth:`snapshot`: each callable returns a dict merged into it
         #: (the HTTP server adds its connection counts here).
         self.stats_sources: list[Callable[[], dict]] = []
+        #: Called after every stored publish as ``hook(channel, seq, data_json)``, in order (the
+        #: Bayeux transport appends the event to its wildcard feeds); a hook may raise CometError.
+        self.publish_hooks: list[Callable[[str, int, str], None]] = []
+        #: Set when a graceful stop begins: /readyz answers 503 while requests are still served.
+        self.draining = False
         #: Mints and checks client ids: a named id must be one this backend's secret signed.
         self.client_ids = clientid.ClientIds(backend.client_secret())
         self._count_watches = 0
@@ -211,8 +172,12 @@ class CometService:
         """Store the event and wake its channel's waiters (via the backend's wake-up)."""
         channel, = self._targets([req], idempotency_key)
         woken = self.hub.waiter_count(channel)
+        started = time.perf_counter()
         seq = self._backend(self.backend.publish, channel, req.data_json, idempotency_key)
+        metrics_record.observe_backend_publish(time.perf_counter() - started)
         self.stats.published += 1
+        for hook in self.publish_hooks:
+            hook(channel, seq, req.data_json)
         shown = "@***" if channel[0] == "@" else channel  # @ID names a client id: a credential
         log.debug("published %s#%d to %d waiters", shown, seq, woken)
         return Published(channel, seq, woken)
@@ -224,6 +189,9 @@ class CometService:
         events = [(channel, req.data_json) for channel, req in zip(channels, reqs)]
         seqs = self._backend(self.backend.publish_many, events, idempotency_key)
         self.stats.published += len(seqs)
+        for hook in self.publish_hooks:
+            for channel, req, seq in zip(channels, reqs, seqs):
+                hook(channel, seq, req.data_json)
         return [Published(channel, seq, woken[channel]) for channel, seq in zip(channels, seqs)]
 
     def _targets(self, reqs: list[protocol.NotifyRequest], key: str | None) -> list[str]:
@@ -245,7 +213,7 @@ class CometService:
 
     def unready_reason(self) -> str | None:
         """Why this process should get no new clients now (draining, backend unhealthy), or None."""
-        return "draining: the server is stopping" if self.hub.closing else self.backend.health()
+        return "draining: the server is stopping" if self.hub.closing or self.draining else self.backend.health()
 
     def wait_for_waiting(self, count: int, timeout_s: float) -> None:
         """Block until ``count`` requests are parked, or ``timeout_s`` (a test instrument:
