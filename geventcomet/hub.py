@@ -20,7 +20,10 @@ after sending its reply yields at once, letting the loop reach the next waiter
 before it goes back to reading its next request (the handler does this).
 
 Sets, not gevent ``Event`` links: ``Event.unlink`` is a list removal, O(n) per
-departing waiter, which turns a fan-out to 15,000 waiters quadratic.
+departing waiter, which turns a fan-out to 15,000 waiters quadratic. A channel with one
+waiter holds the Waiter itself, not a set of one: every poll also listens on its client's
+private channel, and a set is 216 bytes even with one member (``tracemalloc``: ~0.2 KB
+per waiting client, ``bench/RESULTS-perf.md``).
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ class Hub:
 
     def __init__(self) -> None:
         self._loop = gevent.get_hub().loop
-        self._waiters: dict[str, set[Waiter]] = {}
+        self._waiters: dict[str, Waiter | set[Waiter]] = {}  # one waiter is held bare
         self._all: set[Waiter] = set()
         #: Set once :meth:`shutdown` has been called; new polls answer "reconnect" at once.
         self.closing = False
@@ -81,11 +84,11 @@ class Hub:
         return len(self._all)
 
     def waiter_count(self, channel: str) -> int:
-        return len(self._waiters.get(channel, ()))
+        return _count(self._waiters.get(channel))
 
     def channel_waiters(self) -> dict[str, int]:
         """Parked requests per channel, for the Notify page."""
-        return {channel: len(waiters) for channel, waiters in self._waiters.items()}
+        return {channel: _count(waiters) for channel, waiters in self._waiters.items()}
 
     def park(self, waiter: Waiter, channels: tuple[str, ...]) -> None:
         """Put ``waiter`` where a publish to any of ``channels`` (or shutdown) will find it."""
@@ -93,8 +96,11 @@ class Hub:
         for channel in channels:
             waiters = sets.get(channel)
             if waiters is None:
-                waiters = sets[channel] = set()
-            waiters.add(waiter)
+                sets[channel] = waiter
+            elif type(waiters) is set:
+                waiters.add(waiter)
+            elif waiters is not waiter:
+                sets[channel] = {waiters, waiter}
         self._all.add(waiter)
         self.idle.clear()
         if self._change is not None:
@@ -106,7 +112,9 @@ class Hub:
         sets = self._waiters
         for channel in channels:
             waiters = sets.get(channel)
-            if waiters is not None:
+            if waiters is waiter:
+                del sets[channel]
+            elif type(waiters) is set:
                 waiters.discard(waiter)
                 if not waiters:
                     del sets[channel]
@@ -160,8 +168,10 @@ class Hub:
     def wake(self, channel: str) -> int:
         """Wake every request parked on ``channel``; return how many there were."""
         waiters = self._waiters.pop(channel, None)
-        if not waiters:
+        if waiters is None:
             return 0
+        if type(waiters) is not set:
+            waiters = (waiters,)
         self._loop.run_callback(self._switch_all, waiters, Reason.WAKE)
         return len(waiters)
 
@@ -177,7 +187,7 @@ class Hub:
         self.closing = True
         self._loop.run_callback(self._switch_all, set(self._all), Reason.SHUTDOWN)
 
-    def _switch_all(self, waiters: set[Waiter], reason: Reason) -> None:
+    def _switch_all(self, waiters: set[Waiter] | tuple[Waiter], reason: Reason) -> None:
         # Runs in the gevent hub, as Waiter.switch requires. A waiter that already left
         # (timed out in the same loop turn) just stores the value and is never read.
         # Each woken request runs until its reply is sent, then yields back here.
@@ -192,3 +202,10 @@ class Hub:
         observe_fanout(ended - started)  # every wake: a bisect and two additions (metrics_record)
         if len(waiters) >= FANOUT_MIN_WAITERS:
             self.last_fanout = FanOut(len(waiters), started, ended)
+
+
+def _count(waiters: Waiter | set[Waiter] | None) -> int:
+    """How many waiters a channel's entry holds (a bare Waiter is one)."""
+    if waiters is None:
+        return 0
+    return len(waiters) if type(waiters) is set else 1
