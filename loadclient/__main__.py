@@ -55,7 +55,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="events/s over all channels, round-robin; 0 = none; 'max' = as fast as the server "
              "accepts (default: %(default)s)")
     add("--notify-count", type=int, default=None, help="stop after this many events (default: no bound)")
-    add("--notify-connections", type=int, default=8,
+    add("--notify-connections", type=int, default=32,
         help="notify connections in parallel, each owning a share of the channels (default: %(default)s)")
     add("--notify-pipeline", type=int, default=1,
         help="notifies one connection may send before reading their replies (HTTP/1.1 pipelining; "

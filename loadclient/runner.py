@@ -55,7 +55,7 @@ class Options:
     #: stop publishing after this many events (None: until ``duration`` ends)
     notify_count: int | None = None
     #: notify connections working in parallel (each owns a share of the channels)
-    notify_connections: int = 8
+    notify_connections: int = 32
     #: notifies one connection may send before reading their replies, in paced mode (1: one at
     #: a time; see :data:`~loadclient.notifier.PIPELINE`)
     notify_pipeline: int = 1
