@@ -83,7 +83,7 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mappi
             if hub.closing:
                 result.shutting_down = True
                 return result
-            positions, epoch = dict(result.positions), result.epoch
+            positions, epoch = result.positions, result.epoch  # read_all never changes them
             if not parked:  # woken without news for us: park, then read once more before waiting
                 hub.park(waiter, channels)
                 parked = True
@@ -92,11 +92,14 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mappi
                 if timeout_s <= 0:
                     result.timeout = True
                     return result
+                switch = waiter.switch  # one bound method for both watchers
                 timer = loop.timer(timeout_s)
-                timer.start(waiter.switch, Reason.TIMEOUT)
+                timer.start(switch, Reason.TIMEOUT)
                 if sock is not None:
                     watcher = loop.io(sock.fileno(), 1)
-                    watcher.start(waiter.switch, Reason.READABLE)
+                    watcher.start(switch, Reason.READABLE)
+                del switch
+            del result  # a parked frame keeps none of it
             reason = waiter.get()
             waiter.clear()
             if reason is Reason.TIMEOUT:
