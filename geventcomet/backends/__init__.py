@@ -200,10 +200,11 @@ BACKENDS = {
     "memory": "geventcomet.backends.memory:MemoryBackend",
     "sqlite": "geventcomet.backends.sqlite:SQLiteBackend",
     "redis": "geventcomet.backends.redis:RedisBackend",
+    "redis+sentinel": "geventcomet.backends.redis:RedisBackend",
 }
 
 #: URL scheme -> (the optional package it needs, the extra that installs it).
-OPTIONAL_PACKAGES = {"redis": ("redis", "redis")}
+OPTIONAL_PACKAGES = {"redis": ("redis", "redis"), "redis+sentinel": ("redis", "redis")}
 
 
 def backend_class(url: str) -> "type[Backend]":
@@ -212,7 +213,8 @@ def backend_class(url: str) -> "type[Backend]":
     scheme = url.split(":", 1)[0].lower()
     if scheme not in BACKENDS:
         raise ValueError(f"unknown backend {mask_credentials(url)!r}: "
-                         "use memory, sqlite:///PATH or redis://HOST:PORT/DB")
+                         "use memory, sqlite:///PATH, redis://HOST:PORT/DB or "
+                         "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE_NAME/DB")
     module_name, class_name = BACKENDS[scheme].split(":")
     try:
         module = importlib.import_module(module_name)

@@ -37,6 +37,11 @@ is lost for good (and redis-py reconnects and resubscribes without telling).
 - **Time.** Streams' ages and idempotency keys go by Redis's ``TIME``, one clock for
   every node. A test may pass ``clock=``: it drives registrations, tails and scripts.
 
+- **Replicas and Sentinel.** ``redis+sentinel://`` follows Sentinel's master
+  (:mod:`.redis_sentinel`: a new master that lacks events this process heard of gets a new
+  epoch). ``--redis-min-replicas N`` acknowledges a publish only once N replicas have it
+  (``WAIT``, :class:`~.redis_batch.PublishBatcher`), else 503.
+
 Keys: see :mod:`.redis_scripts`. A single Redis (or a primary); not Redis Cluster.
 """
 from __future__ import annotations
@@ -113,8 +118,10 @@ class RedisBackend(Backend):
         read, register = (self._reader.register_script(text) for text in (scripts.READ, scripts.REGISTER))
         self._batcher = Batcher(self._reader, (read, register), flushers, config.max_clients_total,
                                 self._settings.age_ms, self._script_now)
-        self._publisher = PublishBatcher(self._writer, (self._writer.register_script(scripts.PUBLISH),), flushers)
-        self._batch_publisher = PublishBatcher(self._writer, (self._writer.register_script(PUBLISH_MANY),), flushers)
+        self._publisher = PublishBatcher(self._writer, (self._writer.register_script(scripts.PUBLISH),), flushers,
+                                         config.redis_min_replicas, config.redis_replica_timeout_s, single_events=True)
+        self._batch_publisher = PublishBatcher(self._writer, (self._writer.register_script(PUBLISH_MANY),), flushers,
+                                               config.redis_min_replicas, config.redis_replica_timeout_s)
         self._registrations = Registrations(config, self._batcher, self._reader.register_script(scripts.EXPIRE),
                                             self._wall, self._steady)
         self._tails = Tails(min(TAIL_EVENTS, config.backlog), config.backlog_age_s, self._steady)

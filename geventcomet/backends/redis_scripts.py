@@ -122,13 +122,22 @@ PUBLISH = WRITER_PRELUDE + """
 -- KEYS: epoch, seq hash, stream, idempotency key (unused unless ARGV[9] == '1'), dropped,
 --       key index
 -- ARGV: channel, event prefix, event suffix, candidate epoch, backlog, age ms,
---       idempotency ttl ms, origin, has key, wake channel, max idempotency keys, now ms
--- Returns {epoch, seq, 0 new | 1 duplicate | 2 refused: too many keys}
+--       idempotency ttl ms, origin, has key, wake channel, max idempotency keys, now ms,
+--       return the wake-up ('1': --redis-min-replicas, the caller publishes it once WAIT
+--       says the replicas have the event) or publish it ('0')
+-- Returns {epoch, seq, 0 new | 1 duplicate | 2 refused: too many keys[, wake-up]}
 local epoch = current_epoch(KEYS[1], ARGV[4])
 local now = now_ms(ARGV[12])
 if ARGV[9] == '1' then
   local seen = redis.call('GET', KEYS[4])
-  if seen then return {epoch, tonumber(seen), 1} end
+  if seen then
+    local kept = ARGV[13] == '1' and redis.call('XRANGE', KEYS[3], seen .. '-0', seen .. '-0')
+    if kept and #kept == 1 then  -- a retry after WAIT failed: its wake-up was never sent
+      local wake = ARGV[1] .. '\\n' .. seen .. '\\n' .. epoch .. '\\n' .. ARGV[8] .. '\\n' .. kept[1][2][4]
+      return {epoch, tonumber(seen), 1, wake}
+    end
+    return {epoch, tonumber(seen), 1}
+  end
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   if redis.call('ZCARD', KEYS[6]) >= tonumber(ARGV[11]) then return {epoch, 0, 2} end
 end
@@ -145,21 +154,25 @@ if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], seq, 'PX', ARGV[7])
   redis.call('ZADD', KEYS[6], now + tonumber(ARGV[7]), KEYS[4])
 end
-redis.call('PUBLISH', ARGV[10], ARGV[1] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[8] .. '\\n' .. encoded)
+local wake = ARGV[1] .. '\\n' .. seq .. '\\n' .. epoch .. '\\n' .. ARGV[8] .. '\\n' .. encoded
+if ARGV[13] == '1' then return {epoch, seq, 0, wake} end
+redis.call('PUBLISH', ARGV[10], wake)
 return {epoch, seq, 0}
 """
 
 
 def publish_args(settings: StreamSettings, channel: str, event_prefix: bytes, event_suffix: bytes,
                  idempotency_key: str | None, now_ms: str) -> Args:
-    """PUBLISH of the event ``event_prefix + seq + event_suffix`` to ``channel``."""
+    """PUBLISH of the event ``event_prefix + seq + event_suffix`` to ``channel``; it publishes its
+    wake-up (:class:`~.redis_batch.PublishBatcher` sets the last argument to "1" to get it back)."""
     if idempotency_key is None:  # the key slot is unused: any key will do
         key, has_key = EPOCH_KEY, "0"
     else:
         key, has_key = idempotency_redis_key(channel, idempotency_key), "1"
     return ((EPOCH_KEY, SEQ_KEY, STREAM_PREFIX + channel, key, DROPPED_KEY, IKEYS_KEY),
             (channel, event_prefix, event_suffix, epoch_candidate(), settings.backlog, settings.age_ms,
-             settings.key_ttl_ms, settings.origin, has_key, WAKE_CHANNEL, settings.max_keys, now_ms))
+             settings.key_ttl_ms, settings.origin, has_key, WAKE_CHANNEL, settings.max_keys, now_ms,
+             "0"))
 
 
 READ = _CURRENT_EPOCH + _NOW_MS + _TRIM_AGED + """
