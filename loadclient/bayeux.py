@@ -18,17 +18,16 @@ changes ``/lc-RUNID/``). ``--procs`` above 1 is not supported by this mode yet.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Callable
 
 import gevent
 
 from .fakeclient import MAX_ERRORS_IN_ROW, REPLY_GRACE_S, RETRY_FIRST_S, RETRY_MAX_S, FakeClient, GiveUp
-from .group import ClientGroup, channels_for
+from .group import ClientGroup
 from .httpconn import Connection, HTTPError
 from .report import Report
-from .runner import Options, Run
+from .runner import Options, Run, run
 
 _JSON_HEAD = "Content-Type: application/json\r\n"
 
@@ -133,22 +132,7 @@ def _decode(body: bytes) -> list:
 class BayeuxGroup(ClientGroup):
     """A :class:`ClientGroup` of :class:`BayeuxClient` s."""
 
-    def _ramp(self, count: int, rate: float) -> None:
-        start = time.monotonic()
-        for i in range(count):
-            if self.finishing.is_set():
-                self.report.clients -= count - i
-                self._check_ready()
-                return
-            if rate > 0:
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    gevent.sleep(delay)  # pacing the ramp
-            channels = channels_for(self._next_index, self.channels, self.channels_per_client)
-            self._next_index += 1
-            client = BayeuxClient(self, Connection(self.host, self.port, self.source), channels)
-            self.clients.append(client)
-            client.greenlet = gevent.spawn(client.run)
+    client_class = BayeuxClient
 
 
 class BayeuxRun(Run):
@@ -174,16 +158,4 @@ def run_bayeux(url: str, *, on_ready: Callable[[Run], None] | None = None,
                before_finish: Callable[[Run], None] | None = None, **options) -> Report:
     """A whole Bayeux run against ``url`` (``options``: :class:`Options` fields; the hooks
     as :func:`loadclient.runner.run`'s)."""
-    the_run = BayeuxRun(Options(url=url, **options))
-    try:
-        the_run.start()
-        the_run.wait_ready()
-        if on_ready is not None:
-            on_ready(the_run)
-        the_run.notify_phase()
-        if before_finish is not None:
-            before_finish(the_run)
-        return the_run.finish()
-    except BaseException:
-        the_run.close()
-        raise
+    return run(url, on_ready=on_ready, before_finish=before_finish, run_class=BayeuxRun, **options)

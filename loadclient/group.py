@@ -43,6 +43,9 @@ class ClientGroup:
         for clients that join while notifies are running; None means 0.
     """
 
+    #: The fake client each ramp starts (the Bayeux mode's group starts Bayeux sessions).
+    client_class: type[FakeClient] = FakeClient
+
     def __init__(self, url: str, channels: Sequence[str], *, channels_per_client: int = 1,
                  poll_timeout_s: float = 20.0, first_index: int = 0, source: str | None = None,
                  floor_for: Callable[[str], int] | None = None, think_s: float = 0.0,
@@ -90,7 +93,7 @@ class ClientGroup:
                     gevent.sleep(delay)  # pacing the ramp
             channels = channels_for(self._next_index, self.channels, self.channels_per_client)
             self._next_index += 1
-            client = FakeClient(self, Connection(self.host, self.port, self.source), channels)
+            client = self.client_class(self, Connection(self.host, self.port, self.source), channels)
             self.clients.append(client)
             client.greenlet = gevent.spawn(client.run)
 

@@ -264,7 +264,8 @@ class Run:
 
 
 def run(url: str, *, on_ready: Callable[[Run], None] | None = None,
-        before_finish: Callable[[Run], None] | None = None, **options) -> Report:
+        before_finish: Callable[[Run], None] | None = None, run_class: type[Run] | None = None,
+        **options) -> Report:
     """Run a whole load test against ``url`` and return its :class:`Report`.
 
     ``options`` are the fields of :class:`Options` (``clients``, ``ramp``, ``duration``,
@@ -272,9 +273,10 @@ def run(url: str, *, on_ready: Callable[[Run], None] | None = None,
     client polls (before any notify), ``before_finish`` after the notify phase while
     the clients still poll; both get the :class:`Run` (e.g. to read the server's
     ``/stats`` at those moments). Must be called from a gevent-friendly context
-    (it uses gevent sockets; no monkey-patching needed).
+    (it uses gevent sockets; no monkey-patching needed). ``run_class`` is :class:`Run` or a
+    subclass (the Bayeux mode's).
     """
-    the_run = Run(Options(url=url, **options))
+    the_run = (run_class or Run)(Options(url=url, **options))
     try:
         the_run.start()
         the_run.wait_ready()
