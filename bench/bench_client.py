@@ -2,8 +2,11 @@
 
 Sub-commands (each result is one JSON line on stdout):
 
-- ``publish``: one ``Publisher`` (blocking, httpx) and one ``AsyncPublisher`` publishing
-  sequentially over one keep-alive connection; publishes/s. Bar: 2,000/s.
+- ``publish``: one ``Publisher`` (blocking, ``http.client``) and one ``AsyncPublisher`` (httpx)
+  publishing sequentially over one keep-alive connection; publishes/s and client CPU per
+  publish. Bar: 2,000/s. ``--before REV`` adds, interleaved, the blocking ``Publisher`` of
+  commit ``REV`` (its ``geventcomet/client/publisher.py``, loaded beside today's package:
+  round one's, on ``httpx.Client``, with ``--before d0af075^``).
 - ``subscribe``: ``--subscribers`` ``AsyncSubscriber`` in ONE process under ``asyncio.run``,
   while another process publishes batches (``publish_many``); events handed out per second
   in the subscribers' process. Bar: 5,000/s.
@@ -38,9 +41,14 @@ sys.path.insert(0, REPO)
 from bench.server_process import ServerProcess  # noqa: E402
 
 PUBLISH_SYNC = """
-import json, resource, sys, time
+import importlib.util, json, resource, sys, time
 from geventcomet.client import Publisher
-url, count = sys.argv[1], int(sys.argv[2])
+url, count, flavour = sys.argv[1], int(sys.argv[2]), "blocking"
+if len(sys.argv) > 3:  # an older publisher.py, loaded as a module of today's package
+    spec = importlib.util.spec_from_file_location("geventcomet.client.publisher_before", sys.argv[3])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    Publisher, flavour = module.Publisher, "blocking-before"
 cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 with Publisher(url) as publisher:
     for n in range(200):  # warm-up: the connection, the server's first channel
@@ -54,7 +62,7 @@ with Publisher(url) as publisher:
     for b in range(batches):  # the same events 100 at a time (publish_many): events/s
         publisher.publish_many([("batch", n) for n in range(100)])
     batch_elapsed = time.perf_counter() - batch_started
-print(json.dumps({"flavour": "blocking", "publishes": count, "per_s": round(count / elapsed),
+print(json.dumps({"flavour": flavour, "publishes": count, "per_s": round(count / elapsed),
                   "client_cpu_us_per_publish": round(cpu_used / count * 1e6),
                   "batched_events_per_s": round(batches * 100 / batch_elapsed)}))
 """
@@ -172,13 +180,26 @@ def start_cursor(url: str, channel: str) -> str:
                         timeout=10).json()["cursor"]
 
 
-def bench_publish(runs: int, count: int) -> list[dict]:
+def publisher_file(rev: str) -> str:
+    """``geventcomet/client/publisher.py`` as of commit ``rev``, in a temporary file."""
+    import tempfile
+    text = subprocess.run(["git", "show", f"{rev}:geventcomet/client/publisher.py"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as out:
+        out.write(text)
+    return out.name
+
+
+def bench_publish(runs: int, count: int, before: str | None) -> list[dict]:
     results = []
+    flavours = [("blocking", PUBLISH_SYNC, ()), ("asyncio", PUBLISH_ASYNC, ())]
+    if before:
+        flavours.insert(1, ("blocking-before", PUBLISH_SYNC, (publisher_file(before),)))
     for _ in range(runs):
-        for flavour, code in (("blocking", PUBLISH_SYNC), ("asyncio", PUBLISH_ASYNC)):  # interleaved
+        for _flavour, code, extra in flavours:  # interleaved
             server = ServerProcess()
             try:
-                result = last_json(child(code, server.url, count))
+                result = last_json(child(code, server.url, count, *extra))
             finally:
                 server.stop()
             print(json.dumps(result), flush=True)
@@ -206,8 +227,10 @@ def bench_subscribe(runs: int, subscribers: int, events: int, batch: int) -> lis
 
 def summary(name: str, results: list[dict]) -> None:
     rates = sorted(r["per_s"] for r in results)
+    cpu = sorted(r.get("client_cpu_us_per_publish", 0) for r in results)
     print(json.dumps({"summary": name, "runs": len(rates), "median_per_s": statistics.median(rates),
-                      "min": rates[0], "max": rates[-1]}), flush=True)
+                      "min": rates[0], "max": rates[-1], "median_client_cpu_us": statistics.median(cpu),
+                      "cpu_min": cpu[0], "cpu_max": cpu[-1]}), flush=True)
 
 
 def chaos(count: int) -> int:
@@ -222,6 +245,7 @@ def main() -> int:
     publish = commands.add_parser("publish")
     publish.add_argument("--runs", type=int, default=5)
     publish.add_argument("--count", type=int, default=5000)
+    publish.add_argument("--before", metavar="REV", help="also run the blocking Publisher of this commit")
     subscribe = commands.add_parser("subscribe")
     subscribe.add_argument("--runs", type=int, default=5)
     subscribe.add_argument("--subscribers", type=int, default=20)
@@ -233,9 +257,10 @@ def main() -> int:
     chaos_command.add_argument("--count", type=int, default=10_000)
     args = parser.parse_args()
     if args.command == "publish":
-        results = bench_publish(args.runs, args.count)
-        for flavour in ("blocking", "asyncio"):
-            summary(f"publish {flavour}", [r for r in results if r["flavour"] == flavour])
+        results = bench_publish(args.runs, args.count, args.before)
+        for flavour in ("blocking", "blocking-before", "asyncio"):
+            if any(r["flavour"] == flavour for r in results):
+                summary(f"publish {flavour}", [r for r in results if r["flavour"] == flavour])
     elif args.command == "subscribe":
         summary(f"subscribe x{args.subscribers}", bench_subscribe(args.runs, args.subscribers, args.events,
                                                                  args.batch))

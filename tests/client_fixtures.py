@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -47,16 +48,23 @@ class FaultProxy:
     """An HTTP proxy to ``upstream`` (host, port) that, for every ``every``-th request, forwards
     the request, waits for the reply, and closes the client's connection instead of passing
     the reply on: the request was served, the client never hears it. Counts requests.
-    ``upstream`` may be changed: later connections go there (a server restarted elsewhere)."""
+    ``upstream`` may be changed: later connections go there (a server restarted elsewhere).
+    ``connections`` counts the client's connections; with ``tls`` (certfile, keyfile) the
+    proxy speaks HTTPS to the client."""
 
-    def __init__(self, upstream: tuple[str, int], every: int = 3) -> None:
+    def __init__(self, upstream: tuple[str, int], every: int = 3, tls: tuple[str, str] | None = None) -> None:
         self.upstream, self.every = upstream, every
-        self.requests = self.dropped = 0
-        self.server = StreamServer(("127.0.0.1", 0), self._serve)
+        self.requests = self.dropped = self.connections = 0
+        ssl_args = {}
+        if tls:
+            ssl_args["ssl_context"] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_args["ssl_context"].load_cert_chain(*tls)
+        self.server = StreamServer(("127.0.0.1", 0), self._serve, **ssl_args)
         self.server.start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.url = f"http{'s' if tls else ''}://127.0.0.1:{self.server.server_port}"
 
     def _serve(self, client, _address) -> None:
+        self.connections += 1
         try:
             upstream = gevent.socket.create_connection(self.upstream, timeout=60)
         except OSError:  # the server is down (being restarted): the client sees a closed connection

@@ -15,7 +15,8 @@ greenlets sharing a publisher each get their own. A kept connection the server c
 meanwhile (its keep-alive timeout, a restart) fails on first use: a request that fails
 that way on a reused connection is sent again at once on a fresh one, once (safe: every
 publish carries its Idempotency-Key, a poll is a read). Other failures raise
-:class:`TransportError` (``ConnectError``, ``ReadTimeout``, ``ReadError``) for the retry policy.
+:class:`TransportError` (``ConnectError``, ``ReadTimeout``, ``ReadError``) for the retry policy;
+a certificate that does not verify raises :class:`CometClientError` at once.
 """
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ class ReadTimeout(TransportError):
 
 class ReadError(TransportError):
     """The connection broke (or the reply was not HTTP) after the request was sent."""
+
+
+class ClientClosed(CometClientError):
+    """The publisher or subscriber was closed (by another thread, perhaps) before this request."""
 
 
 class Reply(NamedTuple):
@@ -184,12 +189,14 @@ class Pool:
     def _connect(self, conn: http.client.HTTPConnection) -> None:
         try:
             conn.connect()
+        except ssl.SSLCertVerificationError as exc:  # retrying will not make the certificate valid
+            raise CometClientError(f"TLS: {exc}") from None
         except OSError as exc:
             raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
 
     def _acquire(self) -> tuple[http.client.HTTPConnection, bool]:
         if self.closed:
-            raise CometClientError("the client is closed")
+            raise ClientClosed("the client is closed")
         try:
             return self._idle.pop(), True
         except IndexError:

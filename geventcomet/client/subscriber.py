@@ -11,14 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .backoff import Backoff
 from .cursor_store import CursorStore
-from .errors import CometClientError
 from .events import Gap
 from .sse import FrameParser
-from .stdhttp import Pool, Stream, TransportError
+from .stdhttp import ClientClosed, Pool, Stream, TransportError
 from .subscriber_base import Item, SubscriberBase
 
 #: What a request failing this way means: the connection failed, or close() came first.
-FAILED = (TransportError, CometClientError)
+FAILED = (TransportError, ClientClosed)
 
 
 class Subscriber(SubscriberBase):
