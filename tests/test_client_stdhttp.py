@@ -218,3 +218,15 @@ def test_sse_over_the_standard_library_with_publishes_in_between(server):
     collector.wait_for(10)
     collector.stop()
     assert [e.id for e in collector.events] == list(range(1, 11))
+
+
+@pytest.mark.parametrize("token, key", [("tök€n", None), ("t", "key\r\nX-Injected: 1"), ("t", "ключ")])
+def test_a_header_http_cannot_carry_is_refused_before_sending(token, key):
+    bad = Misbehaving(None)
+    try:
+        with Publisher(bad.url, token=token, retry_for_s=30) as publisher:
+            with pytest.raises(CometClientError, match="header holds a character"):
+                publisher.publish("news", 1, idempotency_key=key)
+    finally:
+        bad.server.stop()
+    assert bad.requests == 0

@@ -21,6 +21,7 @@ a certificate that does not verify raises :class:`CometClientError` at once.
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -33,6 +34,10 @@ from .errors import CometClientError
 MAX_IDLE = 8
 #: A reused connection failing with one of these was (probably) closed by the server while idle.
 STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+#: What an HTTP header value may not hold: controls (a CR or LF would inject headers) and
+#: characters outside latin-1 (``http.client`` encodes values as latin-1).
+BAD_HEADER_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
 
 _DEFAULT_CONTEXT: list[ssl.SSLContext] = []
 
@@ -161,6 +166,9 @@ class Pool:
                   params: list[tuple[str, Any]] | None,
                   timeout_s: float | None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         target = self.prefix + path + (f"?{urlencode(params)}" if params else "")
+        for name, value in headers.items():  # the caller's mistake: refused before sending, not retried
+            if BAD_HEADER_VALUE.search(value):
+                raise CometClientError(f"the {name} header holds a character HTTP cannot carry")
         while True:
             conn, reused = self._acquire()
             timeout = timeout_s or self.timeout_s
