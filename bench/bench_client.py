@@ -10,8 +10,9 @@ Sub-commands (each result is one JSON line on stdout):
 - ``subscribe``: ``--subscribers`` ``AsyncSubscriber`` in ONE process under ``asyncio.run``,
   while another process publishes batches (``publish_many``); events handed out per second
   in the subscribers' process. Bar: 5,000/s.
-- ``layers``: the client CPU of one publish through each HTTP layer (``Publisher``, httpx's
-  client and transport, httpcore, the standard library's ``http.client``), same server.
+- ``layers``: the client CPU of one publish through each HTTP layer (``Publisher``, on
+  ``http.client`` since round two; httpx's client and transport, httpcore, a bare
+  ``http.client.HTTPConnection``), same server.
 - ``chaos``: the steady-stream tests of ``tests/test_client_resilience.py`` (a SQLite server
   restart, a Redis restart, workers killed under ``--workers 3``) with ``--count`` events
   (10,000 by default) instead of the tests' short run.
