@@ -321,7 +321,7 @@ def test_help_names_every_default_and_the_program_as_it_was_called():
     text = build_parser().format_help()
     options = text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0]
     entries = re.split(r"\n(?=  -)", options)
-    assert len(entries) == 24  # -h and the 23 flags
+    assert len(entries) == text.count("\n  -") > 20  # one entry per flag: the split saw them all
     for entry in entries[1:]:  # after -h
         assert "(default" in " ".join(entry.split()), entry
     as_script = subprocess.run(
