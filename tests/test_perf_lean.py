@@ -192,3 +192,14 @@ def test_parked_bayeux_connects_take_the_lean_path_and_are_woken(server):
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_an_oversized_bayeux_batch_on_the_lean_path_gets_413_and_the_connection_closes(start_server):
+    server = start_server(max_body_bytes=100)
+    body = json.dumps([{"channel": "/meta/handshake", "version": "1.0", "ext": {"pad": "p" * 200}}]).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /bayeux HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        status, headers, reply = read_reply(sock)
+        assert status == 413 and headers["connection"] == "close" and "error" in json.loads(reply)
+        assert sock.recv(100) == b""
