@@ -11,8 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Kept strictly typed, as h11 keeps its protocol core: no I/O, no gevent magic.
 STRICT_MODULES = ["geventcomet/protocol.py", "geventcomet/hub.py", "geventcomet/errors.py",
                   "geventcomet/strictjson.py", "geventcomet/security.py", "geventcomet/http_rules.py",
-                  "geventcomet/notify_body.py",
-                  "geventcomet/misbehaviour.py"]
+                  "geventcomet/notify_body.py", "geventcomet/fasthead.py", "geventcomet/lean.py",
+                  "geventcomet/bayeux/channels.py", "geventcomet/client/policy.py",
+                  "geventcomet/client/backoff.py", "geventcomet/counters.py",
+                  "geventcomet/metrics_record.py", "geventcomet/misbehaviour.py"]
 
 
 def run(*command: str) -> subprocess.CompletedProcess:
