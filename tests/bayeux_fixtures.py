@@ -18,11 +18,7 @@ import pytest
 import requests
 from gevent.event import Event
 
-from geventcomet import Config, make_app
-from geventcomet.server import make_server
-
 from .conftest import IN_CI
-from .helpers import RunningServer
 
 AGENT_DIR = Path(__file__).parent / "bayeux"
 
@@ -140,25 +136,6 @@ def agents():
     yield start
     for agent in started:
         agent.close()
-
-
-@pytest.fixture
-def serve_config():
-    """Factory: an in-process server for a whole Config (``backend`` too, which the
-    ``start_server`` fixture cannot take as an override); stopped after the test."""
-    running: list[RunningServer] = []
-
-    def start(**overrides) -> RunningServer:
-        config = Config(**{"host": "127.0.0.1", "port": 0, **overrides})
-        server = make_server(config, make_app(config))
-        server.start()
-        running.append(RunningServer(server))
-        return running[-1]
-
-    yield start
-    for item in running:
-        with gevent.Timeout(10):
-            item.stop()
 
 
 class Bayeux:

@@ -43,10 +43,14 @@ def require_binary(name: str) -> str:
 
 @pytest.fixture
 def start_server():
-    """Factory: start an in-process server with Config overrides; stopped gracefully after the test."""
+    """Factory: start an in-process server with Config overrides; stopped gracefully after the test.
+
+    ``backend`` is a Backend object, or a backend URL (then it is the ``backend`` setting)."""
     running: list[RunningServer] = []
 
     def start(backend=None, authorize=None, **overrides) -> RunningServer:
+        if isinstance(backend, str):
+            overrides["backend"], backend = backend, None
         overrides.setdefault("host", "127.0.0.1")
         overrides.setdefault("port", 0)
         config = Config(**overrides)

@@ -9,7 +9,7 @@ import gevent
 import pytest
 import requests
 
-from .bayeux_fixtures import Bayeux, agents, serve_config  # noqa: F401 (fixtures)
+from .bayeux_fixtures import Bayeux, agents  # noqa: F401 (fixtures)
 from .helpers import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,9 +95,9 @@ def test_a_worker_killed_mid_stream_loses_nothing(redis_workers, agents):  # noq
         assert len(got) - 200 <= 2, client.kind
 
 
-def test_sqlite_restart_mid_stream(serve_config, agents, tmp_path):  # noqa: F811
+def test_sqlite_restart_mid_stream(start_server, agents, tmp_path):  # noqa: F811
     backend = f"sqlite:///{tmp_path}/comet.db"
-    first = serve_config(backend=backend, timeout_s=5)
+    first = start_server(backend, timeout_s=5)
     port = first.port
     faye, cometd = agents("faye", first.url), agents("cometd", first.url)
     for client in (faye, cometd):
@@ -108,7 +108,7 @@ def test_sqlite_restart_mid_stream(serve_config, agents, tmp_path):  # noqa: F81
         first.stop()
     first.app.close()  # the backend's file lock goes with it
     first.app.bayeux.sessions.close()
-    again = serve_config(backend=backend, timeout_s=5, port=port)  # the same address: the clients come back
+    again = start_server(backend, timeout_s=5, port=port)  # the same address: the clients come back
     assert again.app.bayeux.sessions.count() == 2  # both sessions survived
     faye.publish("/durable/x", count=50, data="after")
     for client in (faye, cometd):
