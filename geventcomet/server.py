@@ -29,12 +29,13 @@ import time
 import gevent
 from gevent import GreenletExit
 from gevent.event import Event
-from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
+from greenlet import greenlet
 
 from . import misbehaviour, ready
 from .app import CometApp, make_app
 from .config import Config
+from .connections import Connections
 from .errors import BackendError
 from .gctune import tune_gc
 from .handler import CometHandler
@@ -61,19 +62,6 @@ REFUSAL_LINGER_S, REFUSAL_DRAIN_BYTES = 1.0, 16 * 1024
 CONNECTION_FD_RESERVE = 100
 
 
-def _serve_connection(handle, close, sock, address) -> None:
-    """A connection's greenlet: ``handle(sock, address)``, then ``close``.
-
-    gevent's own (``baseserver._handle_and_close_when_done``) calls ``handle(*args)``: in
-    CPython 3.11 a star call re-enters the interpreter from C, and every parked greenlet
-    then saved 512 more bytes of C stack (``tracemalloc``, bench/RESULTS-perf.md).
-    """
-    try:
-        handle(sock, address)
-    finally:
-        close(sock, address)
-
-
 class CometServer(WSGIServer):
     """A WSGIServer with :class:`CometHandler` and the config's limits at hand."""
 
@@ -83,7 +71,9 @@ class CometServer(WSGIServer):
         #: Read by the handler: header deadline, keep-alive timeout, head size.
         self.limits = config
         #: Greenlets of keep-alive connections waiting for their next request.
-        self.idle_connections: set[gevent.Greenlet] = set()
+        self.idle_connections: set[greenlet] = set()
+        #: Every open connection's greenlet (plain greenlets: see :mod:`geventcomet.connections`).
+        self.open_connections = Connections()
         #: Open client connections, and those whose request head or body is being read
         #: (maintained by the handler; in /stats as ``connections``, ``reading_requests``).
         self.connections = 0
@@ -91,7 +81,7 @@ class CometServer(WSGIServer):
         self.access_log_enabled = config.access_log
         kwargs.setdefault("log", logging.getLogger("geventcomet.access") if config.access_log else None)
         kwargs.setdefault("error_log", logging.getLogger("geventcomet.http"))
-        super().__init__(listener, app, spawn=Pool(), **kwargs)
+        super().__init__(listener, app, spawn=self.open_connections.spawn, **kwargs)
         self.app = app
         app.stats_sources.append(self.connection_stats)
         self._accept_pause = 0.0
@@ -128,17 +118,18 @@ class CometServer(WSGIServer):
                 del per_host[host]
 
     def do_handle(self, sock, address) -> None:
-        """Spawn the connection's greenlet (as gevent's, without its star call: see
-        :func:`_serve_connection`)."""
-        handle, close = self._handle, self.do_close
+        """Spawn the connection's greenlet, a plain one (:mod:`geventcomet.connections`)."""
         try:
-            if self._spawn is None:
-                _serve_connection(handle, close, sock, address)
-            else:
-                self._spawn(_serve_connection, handle, close, sock, address)
+            self.open_connections.spawn(self._handle, self.do_close, sock, address)
         except BaseException:
-            close(sock, address)
+            self.do_close(sock, address)
             raise
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Close the listener, give open connections ``timeout`` (``stop_timeout``) to end, kill the rest."""
+        super().stop(timeout)  # gevent's waits only for a Pool's greenlets
+        self.open_connections.join(self.stop_timeout if timeout is None else timeout)
+        self.open_connections.kill(timeout=1)
 
     def _refuse(self, sock, kind: str, message: str) -> None:
         # A lingering close, bounded: closing with the client's request unread would send
@@ -197,7 +188,7 @@ class CometServer(WSGIServer):
         if not self.closed:
             self.start_accepting()
 
-    def _close_if_idle(self, connection: gevent.Greenlet) -> None:
+    def _close_if_idle(self, connection: greenlet) -> None:
         # Runs in the hub, so nothing switches between the check and the throw. Greenlet.kill
         # throws whatever the greenlet is doing by the time its callback runs: a keep-alive
         # connection whose next request arrived meanwhile was killed mid-request (a notify
@@ -214,8 +205,8 @@ class CometServer(WSGIServer):
             log.warning("%d held requests were still waiting after 1 s", hub.waiting)
         for idle in list(self.idle_connections):
             self.loop.run_callback(self._close_if_idle, idle)
-        self.pool.join(timeout=DRAIN_TIMEOUT_S)
-        self.pool.kill(timeout=1)
+        self.open_connections.join(timeout=DRAIN_TIMEOUT_S)
+        self.open_connections.kill(timeout=1)
         self.app.close()
 
 
