@@ -95,8 +95,8 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mappi
                 switch = waiter.switch  # one bound method for both watchers
                 timer = loop.timer(timeout_s)
                 timer.start(switch, Reason.TIMEOUT)
-                if sock is not None:
-                    watcher = loop.io(sock.fileno(), 1)
+                if sock is not None:  # a Peer lends its connection's watcher (no new one per poll)
+                    watcher = sock.read_watcher() if isinstance(sock, Peer) else loop.io(sock.fileno(), 1)
                     watcher.start(switch, Reason.READABLE)
                 del switch
             del result  # a parked frame keeps none of it
@@ -118,7 +118,7 @@ def hold(hub: Hub, backend: Backend, channels: tuple[str, ...], positions: Mappi
         if timer is not None:
             timer.close()
         if watcher is not None:
-            watcher.close()
+            watcher.stop() if isinstance(sock, Peer) else watcher.close()
 
 
 def client_gone(sock: Peer | socket.socket) -> bool:

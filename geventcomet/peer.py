@@ -11,9 +11,11 @@ object carries a ``__dict__``, and a parked client holds its Peer for the whole 
   until :meth:`Peer.disarm`: the head (``header_timeout_s``), the body
   (``body_timeout_s`` from the end of the head), the keep-alive idle time. A read
   that would wait past it raises the armed exception; bytes already received are
-  always served. No timer exists per connection: a read that must wait sets the
-  gevent socket's timeout to the time left (gevent's ``recv_into`` waits at most
-  ``socket.timeout``, measured).
+  always served. A read first tries the (non-blocking) socket; only if nothing is
+  there does it wait, on the connection's one read watcher and a timer for the
+  time left. gevent's own ``recv`` with a socket timeout raised and caught
+  ``EWOULDBLOCK`` and built a ``gevent.Timeout`` for every wait: ~5 % of the
+  server's CPU in the long-poll cycle (py-spy, ``bench/RESULTS-perf.md``).
 - **Pipelined bytes while held.** A held poll watches the socket to notice a FIN
   or RST at once. Bytes that arrive meanwhile (a pipelined request) are taken off
   the socket into a small pushback buffer, so the watch can stay on and a later FIN
@@ -33,6 +35,9 @@ import socket
 import struct
 import time
 from typing import Any
+
+from gevent import get_hub
+from gevent.hub import Waiter
 
 from .misbehaviour import note
 
@@ -63,7 +68,7 @@ class SlowReader(TimeoutError):
 class Peer:
     """The client socket as a raw reader with deadlines and pushback; see the module docstring."""
 
-    __slots__ = ("sock", "address", "_raw", "_pending", "_deadline", "_expired", "broken")
+    __slots__ = ("sock", "address", "_raw", "_pending", "_deadline", "_expired", "_watcher", "broken")
 
     def __init__(self, sock: Any, address: Any = None) -> None:
         self.sock = sock
@@ -73,6 +78,7 @@ class Peer:
         self._pending = bytearray()
         self._deadline: float | None = None
         self._expired: type[BaseException] = HeaderTimeout
+        self._watcher: Any = None  # the read watcher, made on the first wait
         #: A read or write failed mid-request: the byte stream is out of step, close it.
         self.broken = False
 
@@ -97,17 +103,11 @@ class Peer:
             buffer[:count] = pending[:count]
             del pending[:count]
             return count
-        if self._deadline is None:
-            return int(self.sock.recv_into(buffer))
-        sock = self.sock
-        sock.settimeout(max(self._deadline - time.monotonic(), 0.0))
-        try:
-            return int(sock.recv_into(buffer))
-        except (BlockingIOError, TimeoutError):  # timeout 0.0 raises the former, > 0 the latter
-            self.broken = True
-            raise self._expired() from None
-        finally:
-            sock.settimeout(None)
+        while True:
+            try:
+                return int(self._raw.recv_into(buffer))
+            except BlockingIOError:
+                self._wait_readable()
 
     def read_some(self, size: int) -> bytes:
         """What is there: the pushback if any, else one ``recv`` of at most ``size`` bytes
@@ -116,17 +116,43 @@ class Peer:
         if pending:
             self._pending = bytearray()
             return bytes(pending)
-        sock = self.sock
-        if self._deadline is None:
-            return bytes(sock.recv(size))
-        sock.settimeout(max(self._deadline - time.monotonic(), 0.0))
+        while True:
+            try:
+                return bytes(self._raw.recv(size))
+            except BlockingIOError:
+                self._wait_readable()
+
+    def read_watcher(self) -> Any:
+        """The connection's read watcher (a libev io watcher, stopped): one per connection,
+        for its reads and for a held request's watch for a hang-up."""
+        if self._watcher is None:
+            self._watcher = get_hub().loop.io(self.fileno(), 1)
+        return self._watcher
+
+    def _wait_readable(self) -> None:
+        """Wait until the socket is readable; past the armed deadline, raise its exception."""
+        deadline, timer = self._deadline, None
+        loop = get_hub().loop
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.broken = True
+                raise self._expired()
+            timer = loop.timer(left)
+        waiter = Waiter()
+        watcher = self.read_watcher()
+        watcher.start(waiter.switch, True)
+        if timer is not None:
+            timer.start(waiter.switch, False)
         try:
-            return bytes(sock.recv(size))
-        except (BlockingIOError, TimeoutError):
-            self.broken = True
-            raise self._expired() from None
+            readable = waiter.get()
         finally:
-            sock.settimeout(None)
+            watcher.stop()
+            if timer is not None:
+                timer.close()
+        if not readable:
+            self.broken = True
+            raise self._expired()
 
     def unread(self, data: bytes) -> None:
         """Give ``data`` back: the next read returns it first."""
@@ -184,6 +210,9 @@ class Peer:
     def close(self) -> None:
         """The reader is done; the socket is the handler's to close."""
         self._pending = bytearray()
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
 
 
 class PeerReader(io.RawIOBase):

@@ -80,7 +80,7 @@ def test_a_client_that_hangs_up_is_freed_long_before_its_timeout(server, how):
     assert server.app.stats.disconnects == 1
     comet = Comet(server.url)
     assert comet.notify("bye", 1)["woken"] == 0
-    assert len(server.server.pool) <= 1  # the handler greenlet is gone too (at most /notify's own)
+    assert len(server.server.open_connections) <= 1  # the handler greenlet is gone too (at most /notify's own)
 
 
 def test_pipelined_bytes_are_not_taken_for_a_hang_up(server):

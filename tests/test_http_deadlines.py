@@ -112,7 +112,7 @@ def test_a_client_leaving_mid_body_is_a_note_not_a_traceback(quick, caplog):
     assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
     sock.sendall(b'{"channel": ')
     sock.close()
-    assert quick.server.pool.join(timeout=5)  # the handler ended
+    assert quick.server.open_connections.join(timeout=5)  # the handler ended
     assert misbehaviour.clients.counts.get("body-incomplete", 0) == before + 1
     no_tracebacks(caplog)
     assert Comet(quick.url).notify("after", 1)["id"] == 1  # and others are served

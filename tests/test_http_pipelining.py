@@ -41,7 +41,7 @@ def test_a_hang_up_after_pipelined_bytes_frees_the_waiter_at_once(watched, versi
     sock.close()
     watched.wait_waiting(0, timeout=5)  # not at the 60 s timeout
     assert watched.app.stats.disconnects == 1
-    assert watched.server.pool.join(timeout=5)  # the handler is gone too
+    assert watched.server.open_connections.join(timeout=5)  # the handler is gone too
 
 
 def test_a_pipelined_request_sent_in_pieces_while_held_is_answered_after_the_poll(watched):

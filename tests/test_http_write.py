@@ -52,7 +52,7 @@ def test_a_client_that_never_reads_a_big_reply_is_dropped_and_others_are_served(
     sock = slow_socket(slow_server.port)
     sock.sendall(f"GET {path} {version}\r\nHost: x\r\n\r\n".encode())
     assert sock.recv(1) == b"H"  # the reply has begun: the server is writing it
-    assert slow_server.server.pool.join(timeout=10)  # its greenlet ended: the reply is freed
+    assert slow_server.server.open_connections.join(timeout=10)  # its greenlet ended: the reply is freed
     assert misbehaviour.clients.counts["slow-reader"] == before + 1
     with pytest.raises(ConnectionResetError):  # dropped with a reset: the kernel's queue is freed too
         while sock.recv(1 << 20):
