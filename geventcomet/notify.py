@@ -61,7 +61,7 @@ class NotifyEndpoint:
                 headers += (("Set-Cookie", f"{ADMIN_COOKIE}={access.admin_cookie}; Path=/; HttpOnly; "
                                            "SameSite=Strict"),)
             return (303, b"", "text/plain", headers)
-        return (200, protocol.json_reply({"channel": sent.channel, "id": sent.seq, "woken": sent.woken}), JSON, ())
+        return (200, protocol.notify_reply(sent.channel, sent.seq, sent.woken), JSON, ())
 
     def _batch(self, batch: list[notify_body.Fields], environ: dict, admin: bool,
                       claims: Claims | None) -> Reply:
