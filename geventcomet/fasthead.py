@@ -9,6 +9,12 @@ bytes of one ``recv``, and if they hold a whole head (and, for a POST, its whole
 body) that passes every rule of :mod:`geventcomet.http_rules`, returns the request;
 the bytes after it (a pipelined request) are given back for the next read.
 
+A keep-alive client sends the same header lines with every poll (only the request line
+changes), and the load of one application's clients is a handful of header blocks: each
+block's parse (its lines, :func:`~geventcomet.http_rules.check_head`) is a pure function of its
+bytes, so it is kept in a small table and most heads are parsed once per process
+(``bench/RESULTS-perf.md``: ~6 % of the server's CPU in the long-poll cycle).
+
 Anything else returns None and the handler hands the same bytes to pywsgi's path,
 which applies the same rules with its deadlines and answers every fault (400, 408,
 413, 414, 431) as before. So this parser never refuses anything itself: a head it
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .http_rules import HeadError, check_head, parse_header_line, parse_request_line
+from .http_rules import Framing, HeadError, RequestLine, check_head, parse_header_line, parse_request_line
 
 #: Header lines at most (as :data:`geventcomet.http_input.MAX_HEADER_LINES`).
 MAX_HEADER_LINES = 100
@@ -27,6 +33,9 @@ MAX_REQUEST_LINE = 8192
 #: The (path, method) pairs the lean path serves, besides :func:`is_bayeux_post`;
 #: everything else takes pywsgi's path.
 LEAN_ROUTES = frozenset({("/register", "GET"), ("/notify", "POST")})
+#: Header blocks up to this size are remembered with their parse, at most this many (the
+#: table is emptied when full: a client sending ever new headers only loses the memo).
+MEMO_BLOCK_BYTES, MEMO_BLOCKS = 1024, 256
 #: Headers pywsgi gives as CONTENT_TYPE and CONTENT_LENGTH, not HTTP_*.
 _NOT_HTTP = frozenset({"content-type", "content-length"})
 #: The environ names of common headers, made once: a held poll's environ then shares
@@ -59,12 +68,46 @@ def parse_request(data: bytes, max_header_bytes: int) -> LeanRequest | None:
         return None
     try:
         line = parse_request_line(data[:line_end + 2])
-        path, _, query = line.target.partition("?")
-        if line.version != "HTTP/1.1" or ((path, line.method) not in LEAN_ROUTES
-                                           and not is_bayeux_post(line.method, path)):
-            return None
-        pairs = [parse_header_line(raw + b"\r\n") for raw in data[line_end + 2:end].split(b"\r\n")] \
-            if end > line_end else []
+    except HeadError:
+        return None
+    path, _, query = line.target.partition("?")
+    if line.version != "HTTP/1.1" or ((path, line.method) not in LEAN_ROUTES
+                                       and not is_bayeux_post(line.method, path)):
+        return None
+    block = data[line_end + 2:end]
+    parsed = _HEADER_BLOCKS.get(block, _UNKNOWN)
+    if parsed is _UNKNOWN:
+        parsed = parse_header_block(line, block)
+        if len(block) <= MEMO_BLOCK_BYTES:
+            if len(_HEADER_BLOCKS) >= MEMO_BLOCKS:
+                _HEADER_BLOCKS.clear()
+            _HEADER_BLOCKS[block] = parsed
+    if parsed is None:
+        return None
+    headers, framing = parsed
+    length = framing.content_length or 0
+    body_start = end + 4
+    if len(data) - body_start < length or (length and line.method == "GET"):
+        return None
+    return LeanRequest(line.method, path, query, headers, data[body_start:body_start + length],
+                       framing.close, data[body_start + length:])
+
+
+#: Header block -> :func:`parse_header_block`'s answer (see the module docstring).
+_HEADER_BLOCKS: dict[bytes, tuple[dict[str, str], Framing] | None] = {}
+_UNKNOWN: Any = object()
+
+
+def parse_header_block(line: RequestLine, block: bytes) -> tuple[dict[str, str], Framing] | None:
+    """The header lines of an HTTP/1.1 head (between the request line and the blank line):
+    lower-cased name -> first value, and the framing; None if the lean path must not take them.
+
+    The answer depends on ``block`` alone: :func:`check_head` reads only the request line's
+    version, which is HTTP/1.1 on the lean path. The dict is shared by every request with
+    this block: nothing may change it.
+    """
+    try:
+        pairs = [parse_header_line(raw + b"\r\n") for raw in block.split(b"\r\n")] if block else []
         if len(pairs) > MAX_HEADER_LINES:
             return None
         framing = check_head(line, pairs)
@@ -75,12 +118,7 @@ def parse_request(data: bytes, max_header_bytes: int) -> LeanRequest | None:
         headers.setdefault(name.lower(), value)
     if framing.chunked or "expect" in headers:
         return None  # pywsgi's reader handles chunked bodies and 100-continue
-    length = framing.content_length or 0
-    body_start = end + 4
-    if len(data) - body_start < length or (length and line.method == "GET"):
-        return None
-    return LeanRequest(line.method, path, query, headers, data[body_start:body_start + length],
-                       framing.close, data[body_start + length:])
+    return headers, framing
 
 
 def is_bayeux_post(method: str, path: str) -> bool:

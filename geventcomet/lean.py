@@ -16,7 +16,7 @@ and a poll or notify skips pywsgi's line reader, environ and ``start_response``.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 
@@ -30,6 +30,37 @@ PYWSGI_PATH = object()
 #: One lean read takes at most this much: a whole head and a notify's body, usually
 #: (anything longer takes pywsgi's path).
 LEAN_READ_BYTES = 8 * 1024
+
+
+class ReplyHead(NamedTuple):
+    """A reply's head up to its Content-Length, and what its headers say of the connection."""
+
+    start: bytes  # status line, Content-Type, Cache-Control and the reply's own headers
+    closes: bool  # the headers hold "Connection: close"
+    names_connection: bool  # the headers hold a Connection header
+
+
+#: (status, content type, headers) -> :class:`ReplyHead`: a server sends a few kinds of reply
+#: (a poll's, a notify's, ...), so each head is encoded once; emptied when full.
+_REPLY_HEADS: dict[tuple[int, str, tuple[tuple[str, str], ...]], ReplyHead] = {}
+REPLY_HEADS_MAX = 256
+
+
+def reply_head(status: int, content_type: str, headers: tuple[tuple[str, str], ...]) -> ReplyHead:
+    """The encoded head of a lean reply (the Content-Length and Date follow it)."""
+    key = (status, content_type, headers)
+    head = _REPLY_HEADS.get(key)
+    if head is None:
+        lines = [status_line_bytes(status), b"Content-Type: ", content_type.encode(),
+                 b"\r\nCache-Control: no-store\r\n"]
+        for name, value in headers:
+            lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+        head = ReplyHead(b"".join(lines), ("Connection", "close") in headers,
+                         any(name == "Connection" for name, _ in headers))
+        if len(_REPLY_HEADS) >= REPLY_HEADS_MAX:
+            _REPLY_HEADS.clear()
+        _REPLY_HEADS[key] = head
+    return head
 
 
 class LeanRequests:
@@ -107,18 +138,14 @@ class LeanRequests:
         except ClientGone:
             self.close_connection = True
             return
-        head = [status_line_bytes(status), b"Content-Type: ", content_type.encode(),
-                b"\r\nContent-Length: ", b"%d" % len(body), b"\r\nCache-Control: no-store\r\nDate: ",
-                http_date(), b"\r\n"]
-        for name, value in headers:
-            if name == "Connection" and value == "close":
-                self.close_connection = True
-            head += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
-        if self.close_connection and not any(name == "Connection" for name, _ in headers):
-            head.append(b"Connection: close\r\n")  # say so (RFC 9112 §9.6)
-        head += (b"\r\n", body)
+        head = reply_head(status, content_type, headers)
+        if head.closes:
+            self.close_connection = True
+        say_close = b"Connection: close\r\n" if self.close_connection and not head.names_connection else b""
+        reply = b"".join((head.start, b"Content-Length: %d\r\nDate: " % len(body), http_date(), b"\r\n",
+                          say_close, b"\r\n", body))  # say_close: RFC 9112 §9.6
         try:
-            self.peer.send_all(b"".join(head), self.server.limits.write_timeout_s)
+            self.peer.send_all(reply, self.server.limits.write_timeout_s)
         except OSError:
             self.close_connection = True
             return
