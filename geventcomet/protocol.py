@@ -36,9 +36,11 @@ CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: A registered client's private channel is ``@`` + its id, a name no public channel can have.
 PRIVATE_PREFIX = "@"
 _CURSOR_SEP = "~"
-_EPOCH_RE = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 #: A seq on the wire: ASCII digits, at most 18 (fits in a signed 64-bit integer).
 _SEQ_RE = re.compile(r"[0-9]{1,18}\Z")
+#: A whole cursor: an epoch, then ``~name~seq`` pairs, a name being a channel or ``@`` and a
+#: client id (CLIENT_RE's characters and length are within CHANNEL_RE's, so one class covers both).
+_CURSOR_RE = re.compile(r"[A-Za-z0-9]{1,32}(?:~@?[A-Za-z0-9_.:/-]{1,128}~[0-9]{1,18})*\Z")
 #: A timeout in seconds: an ASCII decimal number (no sign, inf, nan, ``_`` or spaces).
 _TIMEOUT_RE = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12})(?:[eE][+-]?[0-9]{1,3})?\Z")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,19}\Z")
@@ -199,17 +201,11 @@ def encode_cursor(epoch: str, positions: dict[str, int]) -> str:
 
 
 def decode_cursor(text: str) -> Cursor:
-    parts = text.split(_CURSOR_SEP)
-    if len(parts) % 2 == 0 or not _EPOCH_RE.match(parts[0]):
+    """``EPOCH~channel~seq~...`` (:func:`encode_cursor`), checked whole by one regex."""
+    if _CURSOR_RE.match(text) is None:
         raise BadRequest("malformed cursor: pass back the cursor of the last reply unchanged")
-    positions: dict[str, int] = {}
-    for i in range(1, len(parts), 2):
-        channel, seq = parts[i], parts[i + 1]
-        name = channel[1:] if channel.startswith(PRIVATE_PREFIX) else channel
-        if not (CHANNEL_RE.match(name) or CLIENT_RE.match(name)) or not _SEQ_RE.match(seq):
-            raise BadRequest("malformed cursor: pass back the cursor of the last reply unchanged")
-        positions[channel] = int(seq)
-    return Cursor(parts[0], positions)
+    parts = text.split(_CURSOR_SEP)
+    return Cursor(parts[0], {parts[i]: int(parts[i + 1]) for i in range(1, len(parts), 2)})
 
 
 def plan_read(since: int | None, first: int, last: int, same_epoch: bool = True) -> ReadPlan:

@@ -14,7 +14,9 @@ CPython 3.11:
   and again in ``dumps``.
 
 :func:`loads` refuses all three with :class:`StrictJSONError` (a ``ValueError``
-with a message for the client), checking depth without recursion.
+with a message for the client), checking depth without recursion. Most bodies cannot hold
+any of the three, and :func:`loads` can tell from the bytes (:func:`needs_check`) without
+walking the value (~3 % of the server's CPU in the long-poll cycle).
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from typing import Iterable, NoReturn
 #: Deepest nesting of arrays and objects accepted in one JSON document.
 MAX_DEPTH = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: Where an infinite float could come from: an exponent, or 309 digits in a row (1e308 is
+#: the largest finite double's order); anything else parses to a finite float.
+_HUGE_NUMBER = re.compile(rb"[0-9][eE]|[0-9]{309}")
 
 
 class StrictJSONError(ValueError):
@@ -45,6 +50,7 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 
 def loads(body: bytes | str, max_depth: int = MAX_DEPTH) -> object:
     """Parse ``body`` as strict JSON: finite numbers, no lone surrogates, at most ``max_depth`` deep."""
+    raw = body
     try:
         if isinstance(body, str):
             if body.startswith("\ufeff"):  # as json.loads
@@ -60,8 +66,20 @@ def loads(body: bytes | str, max_depth: int = MAX_DEPTH) -> object:
         raise
     except ValueError as exc:  # JSONDecodeError, and int() past its digit limit
         raise StrictJSONError(f"malformed JSON: {exc}") from None
-    check(value, max_depth)
+    if needs_check(raw, max_depth):
+        check(value, max_depth)
     return value
+
+
+def needs_check(raw: bytes | str, max_depth: int = MAX_DEPTH) -> bool:
+    """False when the JSON text ``raw`` cannot parse to anything :func:`check` refuses: ASCII
+    with no ``\\u`` escape (so no surrogate), no NUL (so UTF-8, not UTF-16 or -32), at most
+    ``max_depth`` brackets (so not too deep) and no exponent nor 309-digit run (so every
+    float is finite)."""
+    if isinstance(raw, str):
+        return True
+    return (not raw.isascii() or b"\\u" in raw or b"\x00" in raw
+            or raw.count(b"[") + raw.count(b"{") > max_depth or _HUGE_NUMBER.search(raw) is not None)
 
 
 def check(value: object, max_depth: int = MAX_DEPTH) -> None:

@@ -197,3 +197,25 @@ def test_every_kind_of_json_reply_parses_strictly_in_python_and_node(server):
 def test_json_bytes_refuses_to_emit_nan():
     with pytest.raises(ValueError):
         protocol.json_bytes({"x": float("nan")})
+
+
+@pytest.mark.parametrize("body", [
+    '{"a":"\\ud800"}'.encode("utf-16"),  # an escaped surrogate, in UTF-16: ASCII bytes and NULs
+    '{"a":"\\ud800"}'.encode("utf-32-le"),
+    b"[1E999]", b"[-2.5e+400]", b"[" + b"9" * 400 + b".5]",  # a float that overflows to infinity
+    b"[" * 65 + b"]" * 65,
+    '{"a":"\udc80"}'.encode("utf-8", "surrogatepass"),
+])
+def test_the_fast_path_never_skips_a_body_the_walk_would_refuse(body):
+    # loads() walks the value only when needs_check() says the bytes could hold a fault.
+    assert strictjson.needs_check(body)
+    with pytest.raises(strictjson.StrictJSONError):
+        strictjson.loads(body)
+
+
+def test_plain_small_bodies_take_the_fast_path_and_still_parse_the_same():
+    body = b'{"channel":"c1","data":{"n":[1,2.5,true,null,"x"],"s":"caf\\u00e9"}}'
+    assert strictjson.needs_check(body)  # a \u escape: walked
+    plain = b'{"channel":"c1","data":{"n":[1,2.5,true,null,"x"],"deep":[[[{"k":-0.25}]]]}}'
+    assert not strictjson.needs_check(plain)
+    assert strictjson.loads(plain) == json.loads(plain)

@@ -71,6 +71,20 @@ def test_anything_else_is_left_to_pywsgi(raw):
     assert parse_request(raw, 8192) is None
 
 
+def test_a_remembered_header_block_answers_as_a_fresh_parse():
+    # The header block's parse is kept by its bytes; what depends on the request line
+    # (method, target) or the body must still be judged per request.
+    block = b"Host: x\r\nContent-Length: 2\r\n\r\n"
+    for _ in range(2):
+        assert parse_request(b"GET /register?channel=a HTTP/1.1\r\n" + block + b"{}", 8192) is None
+        post = parse_request(b"POST /notify HTTP/1.1\r\n" + block + b"{}", 8192)
+        assert post is not None and post.body == b"{}"
+        assert parse_request(b"POST /notify HTTP/1.1\r\n" + block + b"{", 8192) is None
+        assert parse_request(b"GET /register?channel=a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 8192) is None
+        poll = parse_request(POLL % 7, 8192)
+        assert poll is not None and poll.query == "channel=lean&timeout=7" and poll.headers == {"host": "x"}
+
+
 def test_a_head_over_the_size_limit_is_left_to_pywsgi():
     raw = b"GET /register?channel=a HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 600 + b"\r\n\r\n"
     assert parse_request(raw, 8192) is not None
