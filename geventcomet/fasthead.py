@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .http_rules import Framing, HeadError, RequestLine, check_head, parse_header_line, parse_request_line
+from .http_rules import Framing, HeadError, RequestLine, check_head, parse_header_lines, parse_request_line
 
 #: Header lines at most (as :data:`geventcomet.http_input.MAX_HEADER_LINES`).
 MAX_HEADER_LINES = 100
@@ -107,7 +107,7 @@ def parse_header_block(line: RequestLine, block: bytes) -> tuple[dict[str, str],
     this block: nothing may change it.
     """
     try:
-        pairs = [parse_header_line(raw + b"\r\n") for raw in block.split(b"\r\n")] if block else []
+        pairs = parse_header_lines(block)
         if len(pairs) > MAX_HEADER_LINES:
             return None
         framing = check_head(line, pairs)

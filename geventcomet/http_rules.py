@@ -33,6 +33,8 @@ _FIELD_VCHAR = rb"[\x21-\x7e\x80-\xff]"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])\r\n")
 _HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:" + _FIELD_VCHAR + rb"+(?:[ \t]+" + _FIELD_VCHAR
                           + rb"+)*)?)[ \t]*\r\n")
+#: Any number of header lines, checked in one match (a head's lines, each by _HEADER_LINE).
+_HEADER_LINES = re.compile(rb"(?:" + _HEADER_LINE.pattern + rb")*")
 _NAME = re.compile(_TOKEN)
 _CONTENT_LENGTH = re.compile(r"0|[1-9][0-9]{0,19}")
 
@@ -109,6 +111,18 @@ def parse_header_line(line: bytes) -> tuple[str, str]:
     if _NAME.fullmatch(name) is None:
         raise HeadError("a header name that is not an RFC 9110 token")
     raise HeadError("a header value with a control character (NUL, CR, LF or other CTL)")
+
+
+def parse_header_lines(block: bytes) -> list[tuple[str, str]]:
+    """The header lines between a request line and the blank line (``Name: value`` lines
+    joined by CRLF, without the last CRLF) as :func:`parse_header_line` reads each, in two
+    regex calls for the whole block; :class:`HeadError` for the first line it refuses."""
+    if not block:
+        return []
+    lines = block + b"\r\n"
+    if _HEADER_LINES.fullmatch(lines) is not None:
+        return [(name.decode("ascii"), value.decode("latin-1")) for name, value in _HEADER_LINE.findall(lines)]
+    return [parse_header_line(raw + b"\r\n") for raw in block.split(b"\r\n")]  # raises the line's error
 
 
 def check_head(line: RequestLine, headers: list[tuple[str, str]]) -> Framing:

@@ -38,8 +38,7 @@ PRIVATE_PREFIX = "@"
 _CURSOR_SEP = "~"
 #: A seq on the wire: ASCII digits, at most 18 (fits in a signed 64-bit integer).
 _SEQ_RE = re.compile(r"[0-9]{1,18}\Z")
-#: A whole cursor: an epoch, then ``~name~seq`` pairs, a name being a channel or ``@`` and a
-#: client id (CLIENT_RE's characters and length are within CHANNEL_RE's, so one class covers both).
+#: A whole cursor: an epoch, ``~name~seq`` pairs; a name: a channel, or ``@`` + a client id (CLIENT_RE ⊂ CHANNEL_RE).
 _CURSOR_RE = re.compile(r"[A-Za-z0-9]{1,32}(?:~@?[A-Za-z0-9_.:/-]{1,128}~[0-9]{1,18})*\Z")
 #: A timeout in seconds: an ASCII decimal number (no sign, inf, nan, ``_`` or spaces).
 _TIMEOUT_RE = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12})(?:[eE][+-]?[0-9]{1,3})?\Z")
@@ -155,9 +154,8 @@ def parse_register(query: str, *, default_timeout_s: float, max_timeout_s: float
 
 
 def query_pairs(query: str, max_fields: int) -> list[tuple[str, str]]:
-    """``parse_qsl(query, keep_blank_values=True, max_num_fields=max_fields)``, with a fast path:
-    a poll's query usually has nothing to unquote (channel names, cursors and client ids are
-    URL-safe), and then splitting is all there is to do. ``ValueError`` past ``max_fields``."""
+    """``parse_qsl(query, keep_blank_values=True, max_num_fields=max_fields)``, but a query with
+    nothing to unquote (the usual poll's: its names are URL-safe) is only split."""
     if "%" in query or "+" in query:
         return parse_qsl(query, keep_blank_values=True, max_num_fields=max_fields)
     if query.count("&") >= max_fields:
@@ -195,8 +193,7 @@ def encode_cursor(epoch: str, positions: dict[str, int]) -> str:
     """``EPOCH~channel~seq~channel~seq``: opaque to clients, cheap to build per reply."""
     parts = [epoch]
     for channel, seq in positions.items():
-        parts.append(channel)
-        parts.append(str(seq))
+        parts += (channel, str(seq))
     return _CURSOR_SEP.join(parts)
 
 
