@@ -120,7 +120,7 @@ class LeanRequests:
         idle.add(me)  # a graceful stop closes these at once
         self.peer.arm(self.server.limits.keepalive_timeout_s, IdleTimeout)
         try:
-            return self.peer.read_some(LEAN_READ_BYTES, wait_first=True)
+            return self.peer.read_some(LEAN_READ_BYTES)
         except (IdleTimeout, OSError):
             return b""
         finally:

@@ -109,20 +109,13 @@ class Peer:
             except BlockingIOError:
                 self._wait_readable()
 
-    def read_some(self, size: int, *, wait_first: bool = False) -> bytes:
+    def read_some(self, size: int) -> bytes:
         """What is there: the pushback if any, else one ``recv`` of at most ``size`` bytes
-        (waiting under the armed deadline); ``b""`` when the client closed.
-
-        ``wait_first``: wait for the socket before the first ``recv``. Between keep-alive
-        requests the next one is seldom there yet (the client reads the reply first), and a
-        ``recv`` tried at once would fail with EAGAIN: a system call and an exception for nothing.
-        """
+        (waiting under the armed deadline); ``b""`` when the client closed."""
         pending = self._pending
         if pending:
             self._pending = bytearray()
             return bytes(pending)
-        if wait_first and (self._deadline is None or self._deadline > time.monotonic()):
-            self._wait_readable()  # (past the deadline, what is there is still served)
         while True:
             try:
                 return bytes(self._raw.recv(size))
@@ -189,13 +182,13 @@ class Peer:
 
     def send_all(self, data: bytes | bytearray | memoryview, timeout_s: float) -> None:
         """Send all of ``data`` within ``timeout_s``, or drop the client (:class:`SlowReader`)."""
+        sock = self.sock
         try:
-            sent = self._raw.send(data)  # the socket is non-blocking: what the kernel takes now
+            sent = sock.send(data, 0, 0.0)  # timeout 0: take what the kernel takes, never wait
         except BlockingIOError:
             sent = 0
         if sent == len(data):
             return
-        sock = self.sock
         sock.settimeout(timeout_s)
         try:
             sock.sendall(memoryview(data)[sent:])
