@@ -227,8 +227,10 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
     server.wait_waiting(300, timeout=30)
     assert Comet(server.url).notify("news", "all")["id"] == 1
     gevent.joinall(clients, timeout=30, raise_error=True)
-    assert len(received) == 300
-    assert statuses.count(200) == 900, {s: statuses.count(s) for s in set(statuses)}
+    outcome = {"statuses": {s: statuses.count(s) for s in set(statuses)},
+               "clients still running": sum(not c.dead for c in clients)}
+    assert len(received) == 300, outcome
+    assert statuses.count(200) == 900, outcome, {s: statuses.count(s) for s in set(statuses)}
 
 
 def test_each_script_is_given_exactly_the_keys_and_arguments_it_reads():
