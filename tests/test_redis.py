@@ -203,7 +203,7 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
     backend = open_backend(Config(backend=redis_url))
     backend._registrations.refresh_s = 0  # every poll refreshes its registration
     server = start_server(backend=backend)
-    statuses, received, go = [], [], Event()
+    statuses, received, go, first_replies, answered = [], [], Event(), Event(), [0]
 
     def client(i):
         http = requests.Session()
@@ -211,6 +211,9 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
         go.wait()
         first = http.get(server.url + "/register", params=params, timeout=30)
         statuses.append(first.status_code)
+        answered[0] += 1
+        if answered[0] == 300:
+            first_replies.set()
         if first.status_code != 200:
             return
         held = http.get(server.url + "/register", timeout=30,
@@ -224,13 +227,16 @@ def test_a_mass_repoll_after_a_fanout_gets_no_503_from_a_tiny_pool(redis_url, st
 
     clients = [gevent.spawn(client, i) for i in range(300)]
     go.set()  # all first polls at once: 300 new registrations and reads
+    # A poll is parked before its first read, so `waiting` counts first polls still reading
+    # (timeout 0 or not): only once all are answered does 300 waiting mean 300 held polls.
+    assert first_replies.wait(timeout=30)
     server.wait_waiting(300, timeout=30)
     assert Comet(server.url).notify("news", "all")["id"] == 1
     gevent.joinall(clients, timeout=30, raise_error=True)
     outcome = {"statuses": {s: statuses.count(s) for s in set(statuses)},
                "clients still running": sum(not c.dead for c in clients)}
     assert len(received) == 300, outcome
-    assert statuses.count(200) == 900, outcome, {s: statuses.count(s) for s in set(statuses)}
+    assert statuses.count(200) == 900, outcome
 
 
 def test_each_script_is_given_exactly_the_keys_and_arguments_it_reads():
