@@ -254,3 +254,21 @@ def test_each_script_is_given_exactly_the_keys_and_arguments_it_reads():
         assert max(int(n) for n in re.findall(r"KEYS\[(\d+)\]", text)) == len(keys), name
         highest = max(int(n) for n in re.findall(r"ARGV\[(\d+)\]", text))
         assert highest <= len(args) if variable else highest == len(args), name
+
+
+def test_a_retried_notify_is_readable_at_once_even_before_its_wake_up_arrives(redis_servers, monkeypatch):
+    """A notify stored by one try (its reply lost, or a WAIT that fell short) and acknowledged on
+    its retry: the retry's process may not have heard the wake-up yet, and its tail then said
+    "nothing new" (1 run in 12 of the Sentinel min-replicas test). The retry drops the tail."""
+    first, second = redis_servers(), redis_servers()
+    comet = Comet(second.url)
+    start = comet.register("retried", timeout=0)  # the channel's tail in the second process begins here
+    tails = second.app.backend._tails
+    apply = tails.apply
+    # The first try's wake-up has not reached the second process yet (pub/sub is only a hint).
+    monkeypatch.setattr(tails, "apply", lambda channel, seq, encoded, own: own and apply(channel, seq, encoded, own))
+    key = {"Idempotency-Key": "once"}
+    assert Comet(first.url).notify("retried", 1, headers=key)["id"] == 1
+    assert comet.notify("retried", 1, headers=key)["id"] == 1  # the retry, acknowledged
+    got = comet.register("retried", since=start["cursor"], client=start["client"], timeout=0)
+    assert [event["data"] for event in got["events"]] == [1]

@@ -21,7 +21,10 @@ is lost for good (and redis-py reconnects and resubscribes without telling).
   event to the channel's in-process tail (:mod:`.redis_tails`), which wakes local
   waiters, who mostly read that tail instead of Redis.
 - **No silent loss.** A tail is used only while contiguous and younger than the age limit,
-  else the stream is read. A listener that lost its connection drops every tail and, once
+  else the stream is read. A publish retried with its key drops the channel's tail: the first
+  try may have failed before its event reached the tail (no reply, a short WAIT) and its
+  wake-up may still be on the way, yet the retry is acknowledged, so it must read at once.
+  A listener that lost its connection drops every tail and, once
   resubscribed, wakes every local channel: its waiters re-read Redis (cursor and epoch decide).
 - **Client-id secret** (no ``--client-secret``): one key, set once (``SET NX``), read at start;
   lost with Redis's data: later processes agree on a new one (restart, or configure it).
@@ -36,7 +39,6 @@ is lost for good (and redis-py reconnects and resubscribes without telling).
   backlog aged out with housekeeping (:mod:`.redis_sweep`); ids are never reused.
 - **Time.** Streams' ages and idempotency keys go by Redis's ``TIME``, one clock for
   every node. A test may pass ``clock=``: it drives registrations, tails and scripts.
-
 - **Replicas and Sentinel.** ``redis+sentinel://`` follows Sentinel's master
   (:mod:`.redis_sentinel`: a new master that lacks events this process heard of gets a new
   epoch). ``--redis-min-replicas N`` acknowledges a publish only once N replicas have it
@@ -57,12 +59,18 @@ from .. import protocol
 from ..config import Config
 from ..errors import BackendError, IdempotencyKeyLimitReached
 from ..security import mask_credentials
-from . import Backend, ChannelRead, Page
+from . import Backend, ChannelRead, Page, redis_counts
 from . import redis_scripts as scripts
 from .redis_batch import PUBLISH_OP, READ_OP, Batcher, PublishBatcher
 from .redis_listener import WakeListener
 from .redis_pools import POOL_CONNECTIONS, open_pools
-from .redis_publish_many import PUBLISH_MANY, Encoded, event_suffix, parse_reply, publish_many_args
+from .redis_publish_many import (
+    PUBLISH_MANY,
+    Encoded,
+    event_suffix,
+    parse_reply,
+    publish_many_args,
+)
 from .redis_registrations import Registrations
 from .redis_sweep import IdleChannelSweep
 from .redis_tails import Tails
@@ -160,6 +168,8 @@ class RedisBackend(Backend):
         epoch, seq, duplicate = self._acknowledged(self._publisher, call)
         if self._stored(epoch.decode(), duplicate):
             self._tails.apply(channel, seq, prefix + str(seq).encode() + suffix, own=True)
+        else:  # a retry: see _stored
+            self._tails.discard(channel)
         return seq
 
     def publish_many(self, events: list[tuple[str, str]], idempotency_key: str | None = None) -> list[int]:
@@ -167,13 +177,17 @@ class RedisBackend(Backend):
         encoded = [Encoded(name, protocol.event_prefix(name), event_suffix(data)) for name, data in events]
         call = publish_many_args(self._settings, encoded, idempotency_key, self._script_now())
         reply = parse_reply(self._acknowledged(self._batch_publisher, call))
-        if self._stored(reply.epoch, reply.outcome):
-            for event, seq in zip(encoded, reply.seqs):
-                self._tails.apply(event.channel, seq, event.prefix + str(seq).encode() + event.suffix, own=True)
+        stored = self._stored(reply.epoch, reply.outcome)
+        for event, seq in zip(encoded, reply.seqs):
+            if not stored:  # a retry: see _stored
+                self._tails.discard(event.channel)
+                continue
+            self._tails.apply(event.channel, seq, event.prefix + str(seq).encode() + event.suffix, own=True)
         return reply.seqs
 
     def _stored(self, epoch: str, outcome: int) -> bool:
-        """After a publish script: follow a new epoch, raise for a refused key; True if it stored."""
+        """After a publish script: follow a new epoch, raise for a refused key; True if it stored
+        (False: a retry, whose tail the caller drops: see the module docstring)."""
         if epoch != self.epoch:
             self._new_epoch(epoch)
         if outcome == 2:
@@ -271,28 +285,10 @@ class RedisBackend(Backend):
         return self._problem
 
     def counts(self) -> dict[str, int]:
-        try:
-            with self._reader.pipeline(transaction=False) as pipe:
-                pipe.zcount(scripts.CLIENTS_KEY, self._wall(), "+inf")
-                pipe.hlen(scripts.SEQ_KEY)
-                # gc:ikeys is scored on the scripts' clock (Redis's); ours is close enough for a count
-                pipe.zcount(scripts.IKEYS_KEY, int(self._wall() * 1000), "+inf")
-                clients, channels, keys = pipe.execute()
-        except redis.RedisError as exc:
-            raise BackendError(f"Redis did not answer: {exc}") from None
-        return {"clients": clients, "channels": channels, "idempotency_keys": keys}
+        return redis_counts.counts(self._reader, self._wall())
 
     def channel_names(self, limit: int) -> list[str]:
-        names = []
-        try:
-            for name, _ in self._reader.hscan_iter(scripts.SEQ_KEY, count=max(limit, 100)):
-                if not name.startswith(b"@"):
-                    names.append(name.decode())
-                    if len(names) >= limit:
-                        break
-        except redis.RedisError as exc:
-            raise BackendError(f"Redis did not answer: {exc}") from None
-        return names
+        return redis_counts.channel_names(self._reader, limit)
 
     def close(self) -> None:
         self._closing = True
