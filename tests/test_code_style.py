@@ -14,7 +14,8 @@ STRICT_MODULES = ["geventcomet/protocol.py", "geventcomet/hub.py", "geventcomet/
                   "geventcomet/notify_body.py", "geventcomet/fasthead.py", "geventcomet/lean.py",
                   "geventcomet/bayeux/channels.py", "geventcomet/client/policy.py",
                   "geventcomet/client/backoff.py", "geventcomet/counters.py",
-                  "geventcomet/metrics_record.py", "geventcomet/misbehaviour.py"]
+                  "geventcomet/metrics_record.py", "geventcomet/misbehaviour.py", "geventcomet/connections.py",
+                  "geventcomet/peer.py", "geventcomet/backends/redis_counts.py"]
 
 
 def run(*command: str) -> subprocess.CompletedProcess:
