@@ -10,9 +10,21 @@ import gevent
 
 def free_port() -> int:
     """A port that was free a moment ago (for services that cannot report the one they bound)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports that were free a moment ago. Probed all at once: one probe
+    after another may be given the same port again (a Sentinel group once got one port for two
+    of its sentinels, and the second could not listen)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 class RedisServer:

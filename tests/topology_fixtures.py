@@ -25,7 +25,7 @@ import gevent
 import redis
 
 from .helpers import ServerProcess
-from .services import free_port
+from .services import free_port, free_ports
 
 SERVICE = "gcmaster"
 #: Sentinel's settings: a master unreachable this long is down; a failover gives up after this.
@@ -59,8 +59,8 @@ class SentinelGroup:
         self.workdir = workdir
         #: Redis's own min-replicas-to-write on every server (see docs/topology.md).
         self.min_replicas_to_write = min_replicas_to_write
-        self.redis_ports = [free_port() for _ in range(1 + replicas)]
-        self.sentinel_ports = [free_port() for _ in range(3)]
+        ports = free_ports(1 + replicas + 3)
+        self.redis_ports, self.sentinel_ports = ports[:1 + replicas], ports[1 + replicas:]
         self.procs: dict[int, subprocess.Popen] = {}
 
     @property
