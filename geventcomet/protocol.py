@@ -29,17 +29,19 @@ from .errors import BadRequest, LengthRequired, PayloadTooLarge
 #: Channel names: letters, digits and ``_ . : - /``, 1 to 128 characters (``/`` for Bayeux
 #: names such as ``/chat/room1``: one channel space for every transport). Nothing that needs
 #: URL-encoding in a query, and never ``~`` (the cursor separator) or ``@`` (private channels).
-CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}\Z")
 MAX_CHANNEL_CHARS = 128
+_CHANNEL = rf"[A-Za-z0-9_.:/-]{{1,{MAX_CHANNEL_CHARS}}}"
+CHANNEL_RE = re.compile(_CHANNEL + r"\Z")
 #: Client ids: letters, digits, ``_`` and ``-``, 1 to 64 characters.
 CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 #: A registered client's private channel is ``@`` + its id, a name no public channel can have.
 PRIVATE_PREFIX = "@"
 _CURSOR_SEP = "~"
 #: A seq on the wire: ASCII digits, at most 18 (fits in a signed 64-bit integer).
-_SEQ_RE = re.compile(r"[0-9]{1,18}\Z")
+_SEQ = r"[0-9]{1,18}"
+_SEQ_RE = re.compile(_SEQ + r"\Z")
 #: A whole cursor: an epoch, ``~name~seq`` pairs; a name: a channel, or ``@`` + a client id (CLIENT_RE ⊂ CHANNEL_RE).
-_CURSOR_RE = re.compile(r"[A-Za-z0-9]{1,32}(?:~@?[A-Za-z0-9_.:/-]{1,128}~[0-9]{1,18})*\Z")
+_CURSOR_RE = re.compile(rf"[A-Za-z0-9]{{1,32}}(?:{_CURSOR_SEP}@?{_CHANNEL}{_CURSOR_SEP}{_SEQ})*\Z")
 #: A timeout in seconds: an ASCII decimal number (no sign, inf, nan, ``_`` or spaces).
 _TIMEOUT_RE = re.compile(r"(?:[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12})(?:[eE][+-]?[0-9]{1,3})?\Z")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,19}\Z")
@@ -191,10 +193,7 @@ def parse_since(value: str | None, channels: list[str]) -> Cursor:
 
 def encode_cursor(epoch: str, positions: dict[str, int]) -> str:
     """``EPOCH~channel~seq~channel~seq``: opaque to clients, cheap to build per reply."""
-    parts = [epoch]
-    for channel, seq in positions.items():
-        parts += (channel, str(seq))
-    return _CURSOR_SEP.join(parts)
+    return _CURSOR_SEP.join([epoch, *(f"{channel}{_CURSOR_SEP}{seq}" for channel, seq in positions.items())])
 
 
 def decode_cursor(text: str) -> Cursor:

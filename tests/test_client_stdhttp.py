@@ -8,6 +8,7 @@ import time
 
 import gevent
 import pytest
+from gevent.event import Event
 from gevent.server import StreamServer
 
 from geventcomet.client import Backoff, CometClientError, Publisher, Subscriber, Unavailable
@@ -39,6 +40,7 @@ class OnePerConnection:
 
     def __init__(self):
         self.requests = self.connections = 0
+        self.closed = Event()  # set once a connection is closed (its FIN is then with the client)
         self.server = StreamServer(("127.0.0.1", 0), self.serve)
         self.server.start()
         self.url = f"http://127.0.0.1:{self.server.server_port}"
@@ -55,6 +57,7 @@ class OnePerConnection:
         body = b'{"channel": "news", "id": %d, "woken": 0}' % self.requests
         sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         sock.close()
+        self.closed.set()
 
 
 def test_a_kept_connection_the_server_closed_is_replaced_at_once():
@@ -66,7 +69,8 @@ def test_a_kept_connection_the_server_closed_is_replaced_at_once():
             ids = []
             for n in range(5):
                 ids.append(publisher.publish("news", n))
-                gevent.sleep(0.05)  # lets the server's close arrive first, as an idle timeout does
+                assert flaky.closed.wait(10)  # the server's close has arrived, as after an idle timeout
+                flaky.closed.clear()
     finally:
         flaky.server.stop()
     assert ids == [1, 2, 3, 4, 5] and flaky.connections == 5 and flaky.requests == 5

@@ -64,13 +64,7 @@ from . import redis_scripts as scripts
 from .redis_batch import PUBLISH_OP, READ_OP, Batcher, PublishBatcher
 from .redis_listener import WakeListener
 from .redis_pools import POOL_CONNECTIONS, open_pools
-from .redis_publish_many import (
-    PUBLISH_MANY,
-    Encoded,
-    event_suffix,
-    parse_reply,
-    publish_many_args,
-)
+from .redis_publish_many import PUBLISH_MANY, Encoded, event_suffix, parse_reply, publish_many_args
 from .redis_registrations import Registrations
 from .redis_sweep import IdleChannelSweep
 from .redis_tails import Tails
@@ -177,12 +171,12 @@ class RedisBackend(Backend):
         encoded = [Encoded(name, protocol.event_prefix(name), event_suffix(data)) for name, data in events]
         call = publish_many_args(self._settings, encoded, idempotency_key, self._script_now())
         reply = parse_reply(self._acknowledged(self._batch_publisher, call))
-        stored = self._stored(reply.epoch, reply.outcome)
-        for event, seq in zip(encoded, reply.seqs):
-            if not stored:  # a retry: see _stored
+        if self._stored(reply.epoch, reply.outcome):
+            for event, seq in zip(encoded, reply.seqs):
+                self._tails.apply(event.channel, seq, event.prefix + str(seq).encode() + event.suffix, own=True)
+        else:  # a retry: see _stored
+            for event in encoded:
                 self._tails.discard(event.channel)
-                continue
-            self._tails.apply(event.channel, seq, event.prefix + str(seq).encode() + event.suffix, own=True)
         return reply.seqs
 
     def _stored(self, epoch: str, outcome: int) -> bool:
