@@ -230,6 +230,35 @@ def test_a_notify_retried_with_its_key_reaches_a_wildcard_subscriber_once(server
     assert [m["data"] for m in raw.connect()[:-1]] == ["once", "next"]
 
 
+def test_a_wildcard_feed_is_written_only_while_a_session_subscribes_to_its_pattern(server, comet):
+    def stored_events() -> int:
+        return requests.get(server.url + "/stats", timeout=10).json()["backlog_events"]
+
+    comet.notify("/lone/a", "no pattern subscriber")
+    assert stored_events() == 1  # not also in bx.one:/lone, bx.any:/lone and bx.any:
+    first, second = Bayeux(server.url), Bayeux(server.url)
+    first.start("/lone/*")
+    second.start("/lone/*", "/**")
+    before = stored_events()
+    comet.notify("/lone/a", "both")
+    assert stored_events() == before + 3  # the channel, bx.one:/lone and bx.any:
+    assert [m["data"] for m in first.connect()[:-1]] == ["both"]
+    assert [m["data"] for m in second.connect()[:-1]] == ["both"]
+    [left] = first.post([first.message("/meta/unsubscribe", subscription="/lone/*")])
+    assert left["successful"]
+    assert second.publish("/lone/b", "one reader left")["successful"]
+    assert [m["data"] for m in second.connect()[:-1]] == ["one reader left"]
+    assert [m.get("data") for m in first.connect()] == [None]  # its connect reply only
+    [gone] = second.post([second.message("/meta/disconnect")])
+    assert gone["successful"]
+    before = stored_events()
+    comet.notify("/lone/a", "nobody again")
+    assert stored_events() == before + 1
+    assert first.subscribe("/**")["successful"]  # a pattern subscribed anew starts now
+    comet.notify("/lone/c", "after")
+    assert [m["data"] for m in first.connect()[:-1]] == ["after"]
+
+
 def test_sessions_and_subscriptions_are_bounded(start_server):
     server = start_server(max_channels=3, max_clients_total=2)
     first = Bayeux(server.url)

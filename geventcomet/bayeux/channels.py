@@ -91,11 +91,16 @@ def feed_of(subscription: str) -> str:
     return subscription
 
 
-def feeds_of_publish(channel: str) -> list[str]:
-    """The wildcard feeds a publish to ``channel`` is appended to (deepest first)."""
+def is_wildcard_feed(feed: str) -> bool:
+    return feed.startswith((ONE_PREFIX, ANY_PREFIX))
+
+
+@lru_cache(maxsize=4096)
+def feeds_of_publish(channel: str) -> tuple[str, ...]:
+    """The wildcard feeds a publish to ``channel`` may be appended to (deepest first)."""
     segments = channel.split("/")[1:]
     parents = ["/".join(["", *segments[:depth]]) for depth in range(len(segments) - 1, -1, -1)]
-    return [ONE_PREFIX + parents[0], *(ANY_PREFIX + parent for parent in parents)]
+    return (ONE_PREFIX + parents[0], *(ANY_PREFIX + parent for parent in parents))
 
 
 def matches(pattern: str, channel: str) -> bool:

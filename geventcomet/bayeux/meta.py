@@ -158,12 +158,15 @@ class MetaHandler:
         """Append a publish to ``channel`` to its wildcard feeds (a ``/``-channel only)."""
         if channel[:1] != "/":
             return  # not a Bayeux name (a private channel, a feed, a control channel)
+        feeds = self.sessions.feeds_read(channels.feeds_of_publish(channel))
+        if not feeds:
+            return  # no session subscribes to a pattern that matches it (see .sessions)
         event_json = protocol.encode_event(channel, seq, data_json).decode()
         # Keyed by the event: a notify retried with its Idempotency-Key (its first try stored,
         # or failed between two feeds) calls this again, and must not append the event twice.
         key = f"bx:{channel}#{seq}"
         try:
-            for feed in channels.feeds_of_publish(channel):
+            for feed in feeds:
                 self.service.backend.publish(feed, event_json, key)
         except BackendError as exc:
             raise unavailable(exc) from None

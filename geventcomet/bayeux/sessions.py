@@ -14,6 +14,17 @@ it starts and when it ends, and the hold is at most half the TTL.
 
 Writes merge: a ``/meta/connect`` saves only the positions of the feeds it read, so a
 subscribe that lands meanwhile (perhaps on another worker) is not undone.
+
+Which wildcard feeds are read (:meth:`SessionStore.feeds_read`): a publish appends to a
+wildcard feed only while some session subscribes to its pattern, so a server whose
+clients use no wildcards writes each event once, not ``2 + depth`` times. Only the
+memory store knows every reader (its sessions are all in this process, and the memory
+backend, the only one that picks it, takes every publish here): it counts the sessions
+per feed. It can say no safely because nothing yields between a subscribe's reads of
+its feeds' positions and its :meth:`~SessionStore.subscribe` (the memory backend does
+no I/O), so no publish falls between a position and the count that makes the feed
+written. The SQLite and Redis stores answer every feed (a durable or shared count,
+kept right across restarts and workers, is not built).
 """
 from __future__ import annotations
 
@@ -21,7 +32,9 @@ import abc
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
+
+from .channels import feed_of, is_wildcard_feed
 
 
 @dataclass(slots=True)
@@ -77,6 +90,11 @@ class SessionStore(abc.ABC):
         """Drop idle sessions; how many went (stores whose keys expire by themselves: 0)."""
         return 0
 
+    def feeds_read(self, feeds: tuple[str, ...]) -> tuple[str, ...]:
+        """Those of the wildcard ``feeds`` some session may read (the ones a publish must
+        append to); a store that cannot know answers them all."""
+        return feeds
+
     def count(self) -> int | None:
         """Sessions held now, when the store can say cheaply."""
         return None
@@ -92,9 +110,12 @@ class MemorySessions(SessionStore):
     """Sessions in this process (the memory backend's, gone with it). Least recently
     seen first, so expiring is a walk from the front that stops at the first live one."""
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.time, knows_all_readers: bool = False) -> None:
         super().__init__(ttl_s, clock)
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        #: True when this process takes every publish (the memory backend): see the module docstring.
+        self.knows_all_readers = knows_all_readers
+        self._readers: dict[str, int] = {}  # wildcard feed -> sessions subscribed to its pattern
 
     def create(self, session: Session) -> None:
         session.seen = self.clock()
@@ -110,6 +131,7 @@ class MemorySessions(SessionStore):
         session = self._live(client_id)
         if session is None:
             return False
+        self._count(set(names).difference(session.subscriptions), 1)
         session.subscriptions = sorted({*session.subscriptions, *names})
         session.positions.update(positions)
         session.epoch = session.epoch or epoch
@@ -119,6 +141,7 @@ class MemorySessions(SessionStore):
         session = self._live(client_id)
         if session is None:
             return False
+        self._count(set(names).intersection(session.subscriptions), -1)
         session.subscriptions = [name for name in session.subscriptions if name not in names]
         for feed in feeds:
             session.positions.pop(feed, None)
@@ -134,7 +157,9 @@ class MemorySessions(SessionStore):
         return True
 
     def delete(self, client_id: str) -> None:
-        self._sessions.pop(client_id, None)
+        session = self._sessions.pop(client_id, None)
+        if session is not None:
+            self._count(session.subscriptions, -1)
 
     def expire(self) -> int:
         gone = 0
@@ -143,19 +168,37 @@ class MemorySessions(SessionStore):
             oldest = next(iter(sessions.values()))
             if not self.expired(oldest.seen):
                 break
-            del sessions[oldest.client_id]
+            self.delete(oldest.client_id)
             gone += 1
         return gone
 
     def count(self) -> int:
         return len(self._sessions)
 
+    def feeds_read(self, feeds: tuple[str, ...]) -> tuple[str, ...]:
+        if not self.knows_all_readers:
+            return feeds
+        readers = self._readers
+        return tuple(feed for feed in feeds if feed in readers) if readers else ()
+
+    def _count(self, names: Iterable[str], step: int) -> None:
+        """Count the sessions per wildcard feed, as ``names`` are subscribed (+1) or dropped (-1)."""
+        readers = self._readers
+        for name in names:
+            feed = feed_of(name)
+            if is_wildcard_feed(feed):
+                left = readers.get(feed, 0) + step
+                if left > 0:
+                    readers[feed] = left
+                else:
+                    readers.pop(feed, None)
+
     def _live(self, client_id: str) -> Session | None:
         session = self._sessions.get(client_id)
         if session is None:
             return None
         if self.expired(session.seen):
-            del self._sessions[client_id]
+            self.delete(client_id)
             return None
         session.seen = self.clock()
         self._sessions.move_to_end(client_id)

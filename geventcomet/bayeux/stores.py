@@ -22,4 +22,4 @@ def open_sessions(config: Config) -> SessionStore:
         return RedisSessions(config.backend, ttl_s)
     if scheme != "memory":
         log.warning("no Bayeux session store for a %r backend: sessions are kept in this process", scheme)
-    return MemorySessions(ttl_s)
+    return MemorySessions(ttl_s, knows_all_readers=scheme == "memory")
