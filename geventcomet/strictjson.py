@@ -28,9 +28,11 @@ from typing import Iterable, NoReturn
 #: Deepest nesting of arrays and objects accepted in one JSON document.
 MAX_DEPTH = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: Where an infinite float could come from: an exponent, or 309 digits in a row (1e308 is
-#: the largest finite double's order); anything else parses to a finite float.
-_HUGE_NUMBER = re.compile(rb"[0-9][eE]|[0-9]{309}")
+#: Where an infinite float could come from (the largest finite double is ~1.8e308): an
+#: exponent of three digits or more, or 200 digits in a row. A number with neither is below
+#: 10^(199 + 99) and parses finite. Strings match too (a name like "/3e4f"), which only costs
+#: the walk, so the pattern asks for three exponent digits rather than any "digit, e".
+_HUGE_NUMBER = re.compile(rb"[0-9][eE][+-]?[0-9]{3}|[0-9]{200}")
 
 
 class StrictJSONError(ValueError):

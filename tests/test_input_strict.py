@@ -202,7 +202,8 @@ def test_json_bytes_refuses_to_emit_nan():
 @pytest.mark.parametrize("body", [
     '{"a":"\\ud800"}'.encode("utf-16"),  # an escaped surrogate, in UTF-16: ASCII bytes and NULs
     '{"a":"\\ud800"}'.encode("utf-32-le"),
-    b"[1E999]", b"[-2.5e+400]", b"[" + b"9" * 400 + b".5]",  # a float that overflows to infinity
+    b"[1E999]", b"[-2.5e+400]", b"[2e308]", b"[" + b"9" * 400 + b".5]",  # floats that overflow to infinity
+    b"[" + b"9" * 210 + b"e99]", b"[" + b"9" * 250 + b".5E+60]",
     b"[" * 65 + b"]" * 65,
     '{"a":"\udc80"}'.encode("utf-8", "surrogatepass"),
 ])
@@ -219,3 +220,6 @@ def test_plain_small_bodies_take_the_fast_path_and_still_parse_the_same():
     plain = b'{"channel":"c1","data":{"n":[1,2.5,true,null,"x"],"deep":[[[{"k":-0.25}]]]}}'
     assert not strictjson.needs_check(plain)
     assert strictjson.loads(plain) == json.loads(plain)
+    small_exponents = b'{"channel":"/lc-3e4f/7","data":[1e99,-2.5E+12,' + b"9" * 199 + b'.5e99]}'
+    assert not strictjson.needs_check(small_exponents)  # finite, whatever the digits
+    assert strictjson.loads(small_exponents) == json.loads(small_exponents)
