@@ -135,9 +135,15 @@ def inner_event(event: bytes) -> bytes | None:
 _CONTROL_HEAD = _EVENT_HEAD + CONTROL_PREFIX.encode()
 
 
-@lru_cache(maxsize=4096)  # the same few subscription sets come back on every connect
 def feeds_of(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
-    """The feeds a session with these subscriptions reads (each once, in order)."""
+    """The feeds a session with these (distinct) subscriptions reads, each once, in order."""
+    if "*" not in "".join(subscriptions):
+        return subscriptions  # channels only, each its own feed: no cache to miss with many sessions
+    return _pattern_feeds(subscriptions)
+
+
+@lru_cache(maxsize=4096)  # the same few sets of patterns come back on every connect
+def _pattern_feeds(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(feed_of(name) for name in subscriptions))
 
 
@@ -156,9 +162,9 @@ def select_deliveries(events: list[bytes], subscriptions: tuple[str, ...]) -> li
     ``subscriptions`` order) that matches it: then that subscription delivers it.
     Control events, and feed events that do not match their pattern, are dropped.
     """
-    exact, patterns, by_feed = _overlap(subscriptions)
-    if not patterns:  # the common case: every event but a wake-up is one of the session's channels
+    if "*" not in "".join(subscriptions):  # channels only: every event but a wake-up is owed
         return [event for event in events if not event.startswith(_CONTROL_HEAD)]
+    exact, patterns, by_feed = _overlap(subscriptions)
     chosen: list[bytes] = []
     for event in events:
         channel = event_channel(event)

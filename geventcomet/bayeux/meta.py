@@ -158,7 +158,7 @@ class MetaHandler:
         """Append a publish to ``channel`` to its wildcard feeds (a ``/``-channel only)."""
         if channel[:1] != "/":
             return  # not a Bayeux name (a private channel, a feed, a control channel)
-        feeds = self.sessions.feeds_read(channels.feeds_of_publish(channel))
+        feeds = self.sessions.wildcard_feeds(channel)
         if not feeds:
             return  # no session subscribes to a pattern that matches it (see .sessions)
         event_json = protocol.encode_event(channel, seq, data_json).decode()

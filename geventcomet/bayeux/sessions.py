@@ -15,7 +15,7 @@ it starts and when it ends, and the hold is at most half the TTL.
 Writes merge: a ``/meta/connect`` saves only the positions of the feeds it read, so a
 subscribe that lands meanwhile (perhaps on another worker) is not undone.
 
-Which wildcard feeds are read (:meth:`SessionStore.feeds_read`): a publish appends to a
+Which wildcard feeds are written (:meth:`SessionStore.wildcard_feeds`): a publish appends to a
 wildcard feed only while some session subscribes to its pattern, so a server whose
 clients use no wildcards writes each event once, not ``2 + depth`` times. Only the
 memory store knows every reader (its sessions are all in this process, and the memory
@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .channels import feed_of, is_wildcard_feed
+from .channels import feed_of, feeds_of_publish, is_wildcard_feed
 
 
 @dataclass(slots=True)
@@ -90,10 +90,10 @@ class SessionStore(abc.ABC):
         """Drop idle sessions; how many went (stores whose keys expire by themselves: 0)."""
         return 0
 
-    def feeds_read(self, feeds: tuple[str, ...]) -> tuple[str, ...]:
-        """Those of the wildcard ``feeds`` some session may read (the ones a publish must
-        append to); a store that cannot know answers them all."""
-        return feeds
+    def wildcard_feeds(self, channel: str) -> tuple[str, ...]:
+        """The wildcard feeds a publish to ``channel`` must be appended to: those some
+        session may read; a store that cannot know answers every one that matches."""
+        return feeds_of_publish(channel)
 
     def count(self) -> int | None:
         """Sessions held now, when the store can say cheaply."""
@@ -175,11 +175,13 @@ class MemorySessions(SessionStore):
     def count(self) -> int:
         return len(self._sessions)
 
-    def feeds_read(self, feeds: tuple[str, ...]) -> tuple[str, ...]:
-        if not self.knows_all_readers:
-            return feeds
+    def wildcard_feeds(self, channel: str) -> tuple[str, ...]:
         readers = self._readers
-        return tuple(feed for feed in feeds if feed in readers) if readers else ()
+        if not self.knows_all_readers:
+            return feeds_of_publish(channel)
+        if not readers:
+            return ()  # the common case: no session subscribes to a pattern
+        return tuple(feed for feed in feeds_of_publish(channel) if feed in readers)
 
     def _count(self, names: Iterable[str], step: int) -> None:
         """Count the sessions per wildcard feed, as ``names`` are subscribed (+1) or dropped (-1)."""
