@@ -19,6 +19,12 @@ loadclient's exact accounting (nothing lost or repeated, checked), the long-poll
 server process, the two modes interleaved rep by rep. Server CPU is counted from the
 moment every client waits to the end of the notify phase (the ramp and handshakes are
 not in it). Every run is bounded in count and time.
+
+--pin puts each server on CPU 0 and this process (the load client) on CPU 1, so the two
+never compete for one core. Some runs still come out 30-50 % slower, either transport
+(profiled: every part of a request costs more in them, recv and send included: the
+shared VM, not a code path), so a pair with one such run gives a ratio far off the
+others; read the medians, and the ratio of the median CPU figures.
 """
 from __future__ import annotations
 
@@ -40,6 +46,9 @@ from bench.server_process import ServerProcess  # noqa: E402
 from loadclient import run  # noqa: E402
 from loadclient.bayeux import run_bayeux  # noqa: E402
 
+#: The CPU each server is pinned to with --pin (None: not pinned).
+SERVER_CPU: int | None = None
+
 
 def one_run(mode: str, clients: int, channels: int, rate: float, duration: float, backend: str = "memory") -> dict:
     """One mode on a fresh server: deliveries/s and server CPU per delivery."""
@@ -47,6 +56,8 @@ def one_run(mode: str, clients: int, channels: int, rate: float, duration: float
         import redis
         redis.Redis.from_url(backend).flushdb()  # a fresh server starts from an empty database
     srv = ServerProcess("--timeout", "20", "--bayeux-session-ttl", "120", "--backend", backend)
+    if SERVER_CPU is not None:
+        os.sched_setaffinity(srv.proc.pid, {SERVER_CPU})
     marks: dict[str, float] = {}
 
     def on_ready(_run) -> None:
@@ -91,8 +102,10 @@ def compare(kind: str, clients: int, reps: int, duration: float, rate: float, ba
                          "all_ok": all(r["ok"] and r["lost"] == 0 and r["duplicated"] == 0 for r in results)}
     ratios = [b["server_cpu_us_per_delivery"] / r["server_cpu_us_per_delivery"]
               for b, r in zip(runs["bayeux"], runs["register"])]
+    of_medians = summary["bayeux"]["cpu_us_per_delivery_median"] / summary["register"]["cpu_us_per_delivery_median"]
     summary["cpu_ratio_bayeux_over_register"] = {"median": round(statistics.median(ratios), 2),
-                                                 "spread": [round(min(ratios), 2), round(max(ratios), 2)]}
+                                                 "spread": [round(min(ratios), 2), round(max(ratios), 2)],
+                                                 "of_medians": round(of_medians, 2)}
     return summary
 
 
@@ -184,7 +197,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=None, help="events/s (fanout: 10; cycle: as fast as taken)")
     parser.add_argument("--backend", default="memory", help="the servers' --backend, e.g. redis://127.0.0.1:6390/0")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 0, the load client on CPU 1 (see above)")
     args = parser.parse_args()
+    if args.pin:
+        global SERVER_CPU
+        SERVER_CPU = 0
+        os.sched_setaffinity(0, {1})
     if args.what == "publish":
         print(json.dumps(publish_cost(args.reps), indent=1))
         return
