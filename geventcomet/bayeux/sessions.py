@@ -199,10 +199,11 @@ class MemorySessions(SessionStore):
         session = self._sessions.get(client_id)
         if session is None:
             return None
-        if self.expired(session.seen):
+        now = self.clock()  # once, not also in expired(): this runs twice per connect
+        if session.seen + self.ttl_s <= now:
             self.delete(client_id)
             return None
-        session.seen = self.clock()
+        session.seen = now
         self._sessions.move_to_end(client_id)
         return session
 
