@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geventcomet import Config
+from geventcomet.bayeux import channels
 from geventcomet.bayeux.sessions import MemorySessions, Session
 from geventcomet.bayeux.sessions_sqlite import SQLiteSessions
 from geventcomet.bayeux.stores import open_sessions
@@ -111,3 +114,58 @@ def test_the_memory_store_counts_the_sessions_that_read_each_wildcard_feed():
 
 def test_stores_that_cannot_know_every_reader_answer_every_feed(store):
     assert store.wildcard_feeds("/a/x") == ("bx.one:/a", "bx.any:/a", "bx.any:")
+
+
+_NAMES = ["/a/*", "/a/**", "/a/b", "/**", "/*", "/a/b/*"]
+_OPS = st.lists(st.tuples(st.sampled_from(["subscribe", "unsubscribe", "delete", "create", "idle", "load", "expire"]),
+                          st.sampled_from(["c1", "c2", "c3"]), st.lists(st.sampled_from(_NAMES), max_size=3)),
+                max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_the_wildcard_feeds_written_are_always_those_a_live_session_reads(ops):
+    """Whatever order clients subscribe, unsubscribe, disconnect and go idle in, a publish
+    writes exactly the feeds of the patterns the held sessions subscribe to: never fewer (a
+    subscriber would miss events), and none left over once nobody holds them (no leak).
+    Checked against a model: client -> (subscriptions, last seen), gone past 60 s idle."""
+    clock = Clock()
+    store = MemorySessions(60, clock, knows_all_readers=True)
+    model: dict[str, tuple[set[str], float]] = {}
+
+    def touch(client_id: str) -> set[str] | None:  # the model's _live
+        if client_id in model and model[client_id][1] + 60 <= clock.now:
+            del model[client_id]
+        if client_id not in model:
+            return None
+        model[client_id] = (model[client_id][0], clock.now)
+        return model[client_id][0]
+
+    for op, client_id, names in ops:
+        if op == "create":
+            if store.load(client_id) is None:
+                store.create(Session(client_id))
+            if touch(client_id) is None:
+                model[client_id] = (set(), clock.now)
+        elif op == "subscribe":
+            assert store.subscribe(client_id, {}, "E", names) == (touch(client_id) is not None)
+            if client_id in model:
+                model[client_id][0].update(names)
+        elif op == "unsubscribe":
+            assert store.unsubscribe(client_id, names, []) == (touch(client_id) is not None)
+            if client_id in model:
+                model[client_id][0].difference_update(names)
+        elif op == "delete":
+            store.delete(client_id)
+            model.pop(client_id, None)
+        elif op == "idle":
+            clock.now += 40  # twice without a touch: the session is gone
+        elif op == "load":
+            assert (store.load(client_id) is None) == (touch(client_id) is None)
+        else:
+            store.expire()
+            model = {c: held for c, held in model.items() if held[1] + 60 > clock.now}
+        held_feeds = {channels.feed_of(name) for subscribed, _ in model.values() for name in subscribed}
+        for channel in ("/a/b/c", "/a/x", "/z"):
+            expected = tuple(feed for feed in channels.feeds_of_publish(channel) if feed in held_feeds)
+            assert store.wildcard_feeds(channel) == expected
