@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from .bayeux_fixtures import Bayeux
+from .helpers import Comet
 
 SECRET = "bayeux-token-secret-0123456789abcdef"
 
@@ -220,14 +221,24 @@ def test_a_notify_reaches_wildcard_subscribers_when_the_service_calls_publish_ho
     assert [m["data"] for m in raw.connect()[:-1]] == ["bayeux"]
 
 
-def test_a_notify_retried_with_its_key_reaches_a_wildcard_subscriber_once(server, comet):
-    raw = Bayeux(server.url)
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_a_notify_retried_with_its_key_reaches_a_wildcard_subscriber_once(kind, start_server, request, tmp_path):
+    # memory writes the feeds read now, one key each; SQLite and Redis every feed, in one batch
+    backend = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/comet.db",
+               "redis": request.getfixturevalue("redis_url") if kind == "redis" else ""}[kind]
+    server = start_server(backend)
+    comet = Comet(server.url)
+    raw, deep = Bayeux(server.url), Bayeux(server.url)
     raw.start("/retried/*")
+    deep.start("/**", "/retried/**")
     first = comet.notify("/retried/a", "once", headers={"Idempotency-Key": "k1"})
     again = comet.notify("/retried/a", "once", headers={"Idempotency-Key": "k1"})  # its reply was lost
     assert again["id"] == first["id"]
     comet.notify("/retried/a", "next")
     assert [m["data"] for m in raw.connect()[:-1]] == ["once", "next"]
+    assert [m["data"] for m in deep.connect()[:-1]] == ["once", "next"]
+    assert raw.publish("/retried/b", "bayeux")["successful"]
+    assert [m["data"] for m in deep.connect()[:-1]] == ["bayeux"]
 
 
 def test_a_wildcard_feed_is_written_only_while_a_session_subscribes_to_its_pattern(server, comet):

@@ -163,11 +163,16 @@ class MetaHandler:
             return  # no session subscribes to a pattern that matches it (see .sessions)
         event_json = protocol.encode_event(channel, seq, data_json).decode()
         # Keyed by the event: a notify retried with its Idempotency-Key (its first try stored,
-        # or failed between two feeds) calls this again, and must not append the event twice.
+        # or failed before its feeds) calls this again, and must not append the event twice.
         key = f"bx:{channel}#{seq}"
+        backend = self.service.backend
         try:
-            for feed in feeds:
-                self.service.backend.publish(feed, event_json, key)
+            if self.sessions.knows_all_readers:
+                # The feeds may differ on a retry (a pattern subscribed meanwhile): a key per feed.
+                for feed in feeds:
+                    backend.publish(feed, event_json, key)
+            else:  # every matching feed, the same list on a retry: one batch, all or none
+                backend.publish_many([(feed, event_json) for feed in feeds], key)
         except BackendError as exc:
             raise unavailable(exc) from None
 

@@ -24,7 +24,9 @@ per feed. It can say no safely because nothing yields between a subscribe's read
 its feeds' positions and its :meth:`~SessionStore.subscribe` (the memory backend does
 no I/O), so no publish falls between a position and the count that makes the feed
 written. The SQLite and Redis stores answer every feed (a durable or shared count,
-kept right across restarts and workers, is not built).
+kept right across restarts and workers, is not built); their list for a channel never
+changes, so a publish writes it as one batch (one Redis script call, one SQLite
+transaction), where the memory store's answer may change between a notify and its retry.
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ class SessionStore(abc.ABC):
 
     #: True when :meth:`expire` must be called now and then (False: keys expire by themselves).
     sweeps = True
+    #: True when :meth:`wildcard_feeds` answers only the feeds read now (then the answer for a
+    #: channel may change between a notify and its retry); False: every feed that matches.
+    knows_all_readers = False
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
         self.ttl_s = ttl_s
