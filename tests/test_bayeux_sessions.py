@@ -1,6 +1,7 @@
 """The Bayeux session stores, one contract for the three (memory, SQLite, Redis), with plain calls."""
 from __future__ import annotations
 
+import gevent
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,6 +87,26 @@ def test_redis_sessions_expire_by_themselves(redis_url):
     assert made.load("c4") is not None and made.redis.pttl("gc:bx:s:c4") > 5000  # a request restarts it
     made.redis.delete("gc:bx:s:c4")  # what the TTL does at 60 idle seconds
     assert made.load("c4") is None and not made.save("c4", {}, "E")
+    made.close()
+
+
+def test_redis_sessions_batch_concurrent_connects_and_survive_a_script_flush(redis_url):
+    made = open_sessions(Config(backend=redis_url, bayeux_session_ttl_s=60))
+    for n in range(50):
+        made.create(Session(f"b{n}", positions={f"bx.s:b{n}": 0}))
+    saves = [gevent.spawn(made.save, f"b{n}", {f"/c/{n}": n}, "E") for n in range(50)]
+    loads = [gevent.spawn(made.load, f"b{n}") for n in range(50)] + [gevent.spawn(made.load, "nobody")]
+    gevent.joinall(saves + loads, timeout=10, raise_error=True)
+    assert all(save.value for save in saves)
+    assert loads[-1].value is None  # each caller gets its own replies out of the shared pipeline
+    for n, load in enumerate(loads[:-1]):
+        assert load.value.client_id == f"b{n}" and load.value.positions[f"bx.s:b{n}"] == 0
+    made.redis.script_flush()  # Redis restarted or flushed its scripts: they are loaded again
+    assert made.load("b1").positions["/c/1"] == 1
+    made.redis.script_flush()
+    assert made.subscribe("b1", {"/d": 4}, "E", ["/d"])
+    session = made.load("b1")
+    assert session.subscriptions == ["/d"] and session.positions["/c/1"] == 1 and session.positions["/d"] == 4
     made.close()
 
 

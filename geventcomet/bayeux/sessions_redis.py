@@ -10,12 +10,19 @@ on another worker) never resurrects a half session.
 The connections are the backend's own kind (:func:`~geventcomet.backends.redis_pools.open_pools`,
 its *reader* pool: bounded, retried across a blip; every write here is idempotent), so
 ``redis+sentinel://`` URLs work as they do for the backend.
+
+A connect's load and save go through a :class:`CommandBatcher`, as the backend's poll-side
+reads do: the loads and saves of connects that arrive together (a fan-out wakes thousands)
+share a few pipelines instead of each taking a pooled connection for a round trip of its own
+(redis-py's per-command connection checkout, a ``poll`` for stale data and a socket option
+read, was most of a Redis connect's CPU: ``bench/RESULTS-bayeux.md``).
 """
 from __future__ import annotations
 
 from typing import cast
 
-from ..backends.redis_pools import open_pools
+from ..backends.redis_batch import Batcher
+from ..backends.redis_pools import POOL_CONNECTIONS, open_pools
 from ..errors import BackendError
 from .sessions import Session, SessionStore
 
@@ -32,6 +39,26 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
+#: KEYS[1] the session; ARGV[1] ttl_ms. Its fields (flat: name, value, ...), its idle clock restarted.
+_LOAD = """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return fields
+"""
+
+
+class CommandBatcher(Batcher):
+    """Each call is a list of Redis commands; the commands of calls queued together go as
+    one pipeline, and each call gets its own commands' replies (a list)."""
+
+    def _run(self, batch: list) -> list:
+        replies = self._execute([command for _, commands, _ in batch for command in commands])
+        results, start = [], 0
+        for _, commands, _ in batch:
+            results.append(replies[start: start + len(commands)])
+            start += len(commands)
+        return results
+
 
 class RedisSessions(SessionStore):
     """Sessions under ``gc:bx:s:`` in the backend's Redis."""
@@ -43,7 +70,10 @@ class RedisSessions(SessionStore):
         self._pools = open_pools(url)
         self.redis = self._pools.reader
         self._update = self.redis.register_script(_UPDATE)
+        self._load = self.redis.register_script(_LOAD)
         self._ttl_ms = max(int(ttl_s * 1000), 1)
+        self._batcher = CommandBatcher(self.redis, (self._update, self._load),
+                                       flushers=max(1, min(4, POOL_CONNECTIONS - 1)))
 
     def create(self, session: Session) -> None:
         fields = _fields(session.positions, session.subscriptions)
@@ -58,17 +88,11 @@ class RedisSessions(SessionStore):
 
     def load(self, client_id: str) -> Session | None:
         key = KEY_PREFIX + client_id
-        try:
-            with self.redis.pipeline(transaction=False) as pipe:  # one round trip; no MULTI needed
-                pipe.hgetall(key)
-                pipe.pexpire(key, self._ttl_ms)
-                raw = cast(dict, pipe.execute()[0])
-        except Exception as exc:
-            raise BackendError(f"redis: {exc}") from None
-        if not raw:
+        [flat] = self._call([("EVALSHA", self._load.sha, 1, key, self._ttl_ms)])
+        if not flat:
             return None
         session = Session(client_id)
-        for name, value in ((k.decode(), v.decode()) for k, v in raw.items()):
+        for name, value in zip((k.decode() for k in flat[::2]), (v.decode() for v in flat[1::2])):
             if name.startswith(_POS):
                 session.positions[name[len(_POS):]] = int(value)
             elif name.startswith(_SUB):
@@ -110,10 +134,17 @@ class RedisSessions(SessionStore):
         args: list[str | int] = [self._ttl_ms, len(fields)]
         for name, value in fields.items():
             args += [name, value]
+        return bool(self._call([("EVALSHA", self._update.sha, 1, KEY_PREFIX + client_id, *args, *deleted)])[0])
+
+    def _call(self, commands: list[tuple]) -> list:
         try:
-            return bool(self._update(keys=[KEY_PREFIX + client_id], args=[*args, *deleted]))
+            replies = self._batcher.call(0, commands)
         except Exception as exc:
             raise BackendError(f"redis: {exc}") from None
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise BackendError(f"redis: {reply}")
+        return cast(list, replies)
 
 
 def _fields(positions: dict[str, int], names: list[str]) -> dict[str, str]:
