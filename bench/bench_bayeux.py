@@ -3,6 +3,7 @@
     python bench/bench_bayeux.py fanout --clients 1000 5000 --reps 3
     python bench/bench_bayeux.py cycle --clients 1000 --reps 3
     python bench/bench_bayeux.py publish --reps 3         # a Bayeux publish's cost, by channel depth
+    python bench/bench_bayeux.py notify --backend redis://127.0.0.1:PORT/0   # POST /notify, /a/b/c vs a-b-c
     python bench/bench_bayeux.py micro --clients 300 --reps 5   # in-process, no sockets: CPU per delivery
     python bench/bench_bayeux.py fanout --backend redis://127.0.0.1:PORT/0   # Redis sessions (flushed per run)
 
@@ -45,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.server_process import ServerProcess  # noqa: E402
 from loadclient import run  # noqa: E402
 from loadclient.bayeux import run_bayeux  # noqa: E402
+from loadclient.httpconn import Connection  # noqa: E402
 
 #: The CPU each server is pinned to with --pin (None: not pinned).
 SERVER_CPU: int | None = None
@@ -132,6 +134,32 @@ def publish_cost(reps: int, count: int = 300) -> dict:
     return out
 
 
+def notify_cost(reps: int, backend: str, count: int = 2000) -> dict:
+    """Server CPU per sequential ``POST /notify`` to a ``/``-channel (its wildcard feeds may be
+    written) and to a plain one, on ``backend``, after 200 to warm up."""
+    costs: dict[str, list[float]] = {"/a/b/c": [], "a-b-c": []}
+    for _ in range(reps):
+        for name in costs:
+            if backend.startswith("redis"):
+                import redis
+                redis.Redis.from_url(backend).flushdb()
+            srv = ServerProcess("--backend", backend)
+            try:
+                host, port = srv.url.rsplit("/", 1)[-1].rsplit(":", 1)
+                conn = Connection(host, int(port), timeout_s=10)  # the load client's: one send per request
+                body = json.dumps({"channel": name, "data": 1}).encode()
+                for n in range(200 + count):
+                    if n == 200:
+                        cpu0 = srv.cpu_s()
+                    conn.request("POST", "/notify", body, "Content-Type: application/json\r\n")
+                conn.close()
+                costs[name].append((srv.cpu_s() - cpu0) / count * 1e6)
+            finally:
+                srv.stop()
+    return {name: {"server_cpu_us_per_notify_median": round(statistics.median(c), 1),
+                   "spread": [round(min(c), 1), round(max(c), 1)]} for name, c in costs.items()}
+
+
 def micro(clients: int, reps: int, rounds: int = 20) -> dict:
     """In-process CPU per delivery of a /meta/connect and of a /register poll (see the docstring)."""
     import io
@@ -191,7 +219,7 @@ def micro(clients: int, reps: int, rounds: int = 20) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["fanout", "cycle", "publish", "micro"])
+    parser.add_argument("what", choices=["fanout", "cycle", "publish", "notify", "micro"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1000])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0)
@@ -205,6 +233,9 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
     if args.what == "publish":
         print(json.dumps(publish_cost(args.reps), indent=1))
+        return
+    if args.what == "notify":
+        print(json.dumps(notify_cost(args.reps, args.backend), indent=1))
         return
     if args.what == "micro":
         for clients in args.clients:
