@@ -11,6 +11,8 @@ import jwt
 import pytest
 import requests
 
+from geventcomet import strictjson
+
 from .bayeux_fixtures import Bayeux
 from .helpers import Comet
 
@@ -110,6 +112,25 @@ def test_an_unknown_client_gets_402_with_handshake_advice(server):
     raw.client_id = "made-up"
     for reply in (raw.connect()[0], raw.subscribe("/a"), raw.publish("/a", 1)):
         assert reply["error"] == "402:made-up:Unknown client" and reply["advice"]["reconnect"] == "handshake"
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_client_id_the_server_could_not_have_made_is_unknown_and_harms_nobody(kind, start_server, request):
+    server = start_server(request.getfixturevalue("redis_url") if kind == "redis" else None)
+    good = Bayeux(server.url)
+    good.start("/odd")
+    bodies = [b'[{"channel":"/meta/connect","clientId":"\\ud800x","connectionType":"long-polling"}]',
+              b'[{"channel":"/meta/subscribe","clientId":"a b\\"<","subscription":"/odd"}]',
+              json.dumps([{"channel": "/meta/connect", "clientId": "x" * 65}]).encode(),
+              json.dumps([{"channel": "/odd", "clientId": 7, "data": 1}]).encode()]
+    odd = [gevent.spawn(requests.post, server.url + "/bayeux", data=body, timeout=10,
+                        headers={"Content-Type": "application/json"}) for body in bodies]
+    assert good.publish("/odd", "for the good one")["successful"]
+    assert [m["data"] for m in good.connect()[:-1]] == ["for the good one"]
+    for reply in gevent.joinall(odd, timeout=10, raise_error=True):
+        assert reply.value.status_code == 200
+        [answer] = strictjson.loads(reply.value.content)
+        assert answer["error"].startswith("402:") and answer["advice"]["reconnect"] == "handshake"
 
 
 @pytest.mark.parametrize("body, content_type", [

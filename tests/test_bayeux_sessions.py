@@ -11,6 +11,7 @@ from geventcomet.bayeux import channels
 from geventcomet.bayeux.sessions import MemorySessions, Session
 from geventcomet.bayeux.sessions_sqlite import SQLiteSessions
 from geventcomet.bayeux.stores import open_sessions
+from geventcomet.errors import BackendError
 
 from .helpers import Clock
 
@@ -101,6 +102,9 @@ def test_redis_sessions_batch_concurrent_connects_and_survive_a_script_flush(red
     assert loads[-1].value is None  # each caller gets its own replies out of the shared pipeline
     for n, load in enumerate(loads[:-1]):
         assert load.value.client_id == f"b{n}" and load.value.positions[f"bx.s:b{n}"] == 0
+    unsendable = [gevent.spawn(made.load, "b\ud8001"), gevent.spawn(made.load, "b2")]
+    gevent.joinall(unsendable, timeout=10)  # a lone surrogate has no UTF-8: that call alone fails
+    assert isinstance(unsendable[0].exception, BackendError) and unsendable[1].value.client_id == "b2"
     made.redis.script_flush()  # Redis restarted or flushed its scripts: they are loaded again
     assert made.load("b1").positions["/c/1"] == 1
     made.redis.script_flush()

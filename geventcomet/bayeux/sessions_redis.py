@@ -52,12 +52,28 @@ class CommandBatcher(Batcher):
     one pipeline, and each call gets its own commands' replies (a list)."""
 
     def _run(self, batch: list) -> list:
-        replies = self._execute([command for _, commands, _ in batch for command in commands])
-        results, start = [], 0
-        for _, commands, _ in batch:
-            results.append(replies[start: start + len(commands)])
-            start += len(commands)
+        # A call whose arguments cannot be sent (a lone surrogate has no UTF-8) fails alone:
+        # in the pipeline it would fail every call queued with it.
+        results: list = [_unsendable(commands) for _, commands, _ in batch]
+        sent = [commands for (_, commands, _), refused in zip(batch, results) if refused is None]
+        replies = self._execute([command for commands in sent for command in commands]) if sent else []
+        start = 0
+        for index, (_, commands, _) in enumerate(batch):
+            if results[index] is None:
+                results[index] = replies[start: start + len(commands)]
+                start += len(commands)
         return results
+
+
+def _unsendable(commands: list[tuple]) -> BaseException | None:
+    for command in commands:
+        for arg in command:
+            if isinstance(arg, str) and not arg.isascii():
+                try:
+                    arg.encode()
+                except UnicodeEncodeError as exc:
+                    return BackendError(f"cannot send to Redis: {exc.reason}")
+    return None
 
 
 class RedisSessions(SessionStore):
