@@ -130,11 +130,11 @@ def test_a_locked_database_stalls_no_other_client(tmp_path, start_server):
         blocked = gevent.spawn(Comet(server.url).notify, "news", "during")  # waits for the lock
         reader = Comet(server.url)
         started = time.perf_counter()
-        slowest = 0.0
+        slowest, polls = 0.0, 0
         while time.perf_counter() - started < 1.0:  # other clients keep being served meanwhile
             t = time.perf_counter()
             reply = reader.register("news", since=1, timeout=0)
-            slowest = max(slowest, time.perf_counter() - t)
+            slowest, polls = max(slowest, time.perf_counter() - t), polls + 1
             assert [e["id"] for e in reply["events"]] == []
         assert not blocked.ready()  # the notify really is waiting for the other process
         holder.stdin.close()  # release the lock
@@ -143,9 +143,11 @@ def test_a_locked_database_stalls_no_other_client(tmp_path, start_server):
     finally:
         holder.kill()
         holder.wait(10)
-    # On the hub, sqlite would stall everything for the whole second the lock is held.
-    # The bench's figure is a few ms (bench/RESULTS-backends.md); 200 ms leaves room
-    # for a loaded CI machine while still telling a blocked loop apart.
-    assert slowest < 0.2, f"a poll took {slowest * 1000:.0f} ms while the database was locked"
+    # On the hub, sqlite would stall everything (this loop and the server share the hub)
+    # until its 5 s busy timeout, since the holder lets go only after this loop: one poll
+    # of ~5 s. The bench's figure is a few ms (bench/RESULTS-backends.md); under three
+    # suites at once on two cores one poll once took 395 ms, so the bound is 1 s, far
+    # from both.
+    assert slowest < 1.0 and polls >= 3, f"{polls} polls, the slowest {slowest * 1000:.0f} ms, while locked"
     assert max(lags) < 0.2, f"the gevent loop stalled {max(lags) * 1000:.0f} ms"
     assert [e["id"] for e in reader.register("news", since=1, timeout=0)["events"]] == [2]
