@@ -245,9 +245,10 @@ def test_a_notify_reaches_wildcard_subscribers_when_the_service_calls_publish_ho
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
 def test_a_notify_retried_with_its_key_reaches_a_wildcard_subscriber_once(kind, start_server, request, tmp_path):
     # memory writes the feeds read now, one key each; SQLite and Redis every feed, in one batch
-    backend = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/comet.db",
-               "redis": request.getfixturevalue("redis_url") if kind == "redis" else ""}[kind]
-    server = start_server(backend)
+    if kind == "redis":
+        server = start_server(request.getfixturevalue("redis_url"))
+    else:
+        server = start_server("memory://" if kind == "memory" else f"sqlite:///{tmp_path}/comet.db")
     comet = Comet(server.url)
     raw, deep = Bayeux(server.url), Bayeux(server.url)
     raw.start("/retried/*")

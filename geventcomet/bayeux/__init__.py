@@ -13,7 +13,6 @@ deliveries then come before the connect's reply, as CometD's server sends them.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import weakref
 from dataclasses import asdict
@@ -36,8 +35,6 @@ from .transport import encode_reply, read_request
 __all__ = ["BayeuxEndpoint"]
 
 log = logging.getLogger(__name__)
-#: What a clientId this server hands out can look like (and at most 64 characters).
-_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
 class BayeuxEndpoint:
@@ -127,8 +124,8 @@ class BayeuxEndpoint:
 
     def _session(self, message: Message):  # noqa: ANN202 (Session | None)
         client_id = message.get("clientId")
-        if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
-            return None  # not one this server made (``secrets.token_urlsafe``): never looked up
+        if not isinstance(client_id, str) or not protocol.CLIENT_RE.match(client_id):
+            return None  # not one this server could have made (``secrets.token_urlsafe``): never looked up
         return self.sessions.load(client_id)
 
     def _sweep(self) -> None:

@@ -135,10 +135,16 @@ def inner_event(event: bytes) -> bytes | None:
 _CONTROL_HEAD = _EVENT_HEAD + CONTROL_PREFIX.encode()
 
 
+def _channels_only(subscriptions: tuple[str, ...]) -> bool:
+    """No pattern among them (a channel name has no ``*``): checked without a cache lookup,
+    which would miss on every connect with thousands of sessions each on its own channels."""
+    return "*" not in "".join(subscriptions)
+
+
 def feeds_of(subscriptions: tuple[str, ...]) -> tuple[str, ...]:
     """The feeds a session with these (distinct) subscriptions reads, each once, in order."""
-    if "*" not in "".join(subscriptions):
-        return subscriptions  # channels only, each its own feed: no cache to miss with many sessions
+    if _channels_only(subscriptions):
+        return subscriptions  # each its own feed
     return _pattern_feeds(subscriptions)
 
 
@@ -162,7 +168,7 @@ def select_deliveries(events: list[bytes], subscriptions: tuple[str, ...]) -> li
     ``subscriptions`` order) that matches it: then that subscription delivers it.
     Control events, and feed events that do not match their pattern, are dropped.
     """
-    if "*" not in "".join(subscriptions):  # channels only: every event but a wake-up is owed
+    if _channels_only(subscriptions):  # every event but a wake-up is owed
         return [event for event in events if not event.startswith(_CONTROL_HEAD)]
     exact, patterns, by_feed = _overlap(subscriptions)
     chosen: list[bytes] = []

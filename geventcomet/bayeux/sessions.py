@@ -181,9 +181,9 @@ class MemorySessions(SessionStore):
         return len(self._sessions)
 
     def wildcard_feeds(self, channel: str) -> tuple[str, ...]:
-        readers = self._readers
         if not self.knows_all_readers:
-            return feeds_of_publish(channel)
+            return super().wildcard_feeds(channel)
+        readers = self._readers
         if not readers:
             return ()  # the common case: no session subscribes to a pattern
         return tuple(feed for feed in feeds_of_publish(channel) if feed in readers)

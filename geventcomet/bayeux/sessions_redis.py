@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import cast
 
+from ..backends.redis import MAX_FLUSHERS
 from ..backends.redis_batch import Batcher
 from ..backends.redis_pools import POOL_CONNECTIONS, open_pools
 from ..errors import BackendError
@@ -89,7 +90,7 @@ class RedisSessions(SessionStore):
         self._load = self.redis.register_script(_LOAD)
         self._ttl_ms = max(int(ttl_s * 1000), 1)
         self._batcher = CommandBatcher(self.redis, (self._update, self._load),
-                                       flushers=max(1, min(4, POOL_CONNECTIONS - 1)))
+                                       flushers=max(1, min(MAX_FLUSHERS, POOL_CONNECTIONS - 1)))
 
     def create(self, session: Session) -> None:
         fields = _fields(session.positions, session.subscriptions)
@@ -154,7 +155,7 @@ class RedisSessions(SessionStore):
 
     def _call(self, commands: list[tuple]) -> list:
         try:
-            replies = self._batcher.call(0, commands)
+            replies = self._batcher.call(0, commands)  # one kind of call: the op is not read
         except Exception as exc:
             raise BackendError(f"redis: {exc}") from None
         for reply in replies:
